@@ -1,0 +1,125 @@
+"""timm backbones: creation with hub or local weights, and one feature stage as output."""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, Dict, Optional, Tuple
+
+import timm
+import torch
+from torch import Tensor, nn
+
+log = logging.getLogger(__name__)
+
+__all__ = ["FeatureBackbone", "WeightsUnavailableError", "create_timm_model"]
+
+WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
+
+
+class WeightsUnavailableError(RuntimeError):
+    """Pretrained weights could be read neither from a local file nor from timm's hub."""
+
+
+def create_timm_model(
+    name: str,
+    *,
+    pretrained: bool = True,
+    weights_file: Optional[str | os.PathLike] = None,
+    **kwargs: Any,
+) -> nn.Module:
+    """``timm.create_model`` with weights from a local file or, failing that, timm's hub.
+
+    Args:
+        name: a timm architecture, e.g. ``"resnet50"`` or ``"tf_efficientnet_lite0"``.
+        pretrained: load pretrained weights. With ``weights_file`` they come from that file;
+            otherwise from timm's hub (needs a network or a filled cache).
+        weights_file: a ``.safetensors`` file or a ``torch.save``'d state dict (loaded with
+            ``weights_only=True``) holding the weights of ``name``.
+        **kwargs: passed on to ``timm.create_model`` (``features_only``, ``out_indices``, ...).
+
+    Raises:
+        FileNotFoundError: ``weights_file`` does not exist.
+        WeightsUnavailableError: the hub could not be reached and no local file was given.
+    """
+    if not timm.is_model(name):
+        raise ValueError(f"unknown timm model {name!r}; see timm.list_models() for the available names")
+    if weights_file is not None:
+        path = Path(weights_file).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"weights_file {str(path)!r} does not exist (expected a .safetensors file or a state dict)")
+        if path.suffix not in WEIGHT_SUFFIXES:
+            raise ValueError(f"weights_file {str(path)!r}: expected one of {WEIGHT_SUFFIXES}")
+        log.info("loading %s weights from %s", name, path)
+        return timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), **kwargs)
+    if not pretrained:
+        return timm.create_model(name, pretrained=False, **kwargs)
+    try:
+        return timm.create_model(name, pretrained=True, **kwargs)
+    except Exception as err:  # network, cache and hub errors all surface differently
+        raise WeightsUnavailableError(
+            f"could not fetch pretrained weights for {name!r} from timm's hub ({type(err).__name__}: {err}). "
+            f"Download them where a network is available and pass weights_file=PATH "
+            f"(a .safetensors file or a state dict), or set pretrained=False."
+        ) from err
+
+
+class FeatureBackbone(nn.Module):
+    r"""One feature stage of a timm model, for region nodes.
+
+    Channels and stride are read from timm's ``feature_info``; the input normalisation
+    from the model's ``pretrained_cfg``.
+
+    Args:
+        name (str): timm architecture.
+        pretrained (bool): load pretrained weights (see :func:`create_timm_model`).
+            (default: :obj:`True`)
+        weights_file (str, optional): local weights. (default: :obj:`None`)
+        out_index (int): feature stage, as timm's ``out_indices`` (negative counts from the
+            deepest). (default: :obj:`-1`)
+
+    Shapes:
+        - **input:** images :math:`(B, 3, H, W)`, normalised with :attr:`mean`, :attr:`std`
+        - **output:** feature map :math:`(B, C, \lceil H / r \rceil, \lceil W / r \rceil)`
+          with :math:`C` = :attr:`channels`, :math:`r` = :attr:`reduction`
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        pretrained: bool = True,
+        weights_file: Optional[str] = None,
+        out_index: int = -1,
+    ) -> None:
+        super().__init__()
+        self.name = name
+        self.out_index = out_index
+        self.model = create_timm_model(
+            name, pretrained=pretrained, weights_file=weights_file, features_only=True, out_indices=(out_index,)
+        )
+        info = self.model.feature_info
+        self.channels: int = int(info.channels()[-1])
+        self.reduction: int = int(info.reduction()[-1])
+        cfg: Dict[str, Any] = dict(self.model.pretrained_cfg or {})
+        self.mean: Tuple[float, ...] = tuple(cfg.get("mean", timm.data.IMAGENET_DEFAULT_MEAN))
+        self.std: Tuple[float, ...] = tuple(cfg.get("std", timm.data.IMAGENET_DEFAULT_STD))
+        self.interpolation: str = str(cfg.get("interpolation", "bilinear"))
+
+    def feature_size(self, img_size: int) -> Tuple[int, int]:
+        """Spatial size of the feature map for square ``img_size`` inputs."""
+        with torch.no_grad():
+            was_training = self.training
+            self.eval()
+            h, w = self.model(torch.zeros(1, 3, img_size, img_size))[-1].shape[-2:]
+            self.train(was_training)
+        return int(h), int(w)
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.model(images)[-1]
+
+    def __repr__(self) -> str:
+        return (
+            f"{self.__class__.__name__}({self.name!r}, out_index={self.out_index}, "
+            f"channels={self.channels}, reduction={self.reduction})"
+        )

@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# One-command set-up of the gdf-pyg development environment.
+#
+# Creates .venv in the repository, installs the pinned torch/torchvision, builds torch-cluster
+# once (the wheel is cached outside the repository and reused by every later set-up), and
+# installs gdf-pyg in editable mode with its test, FAISS and benchmark extras.
+#
+# Environment overrides:
+#   PYTHON                   interpreter used to create the venv         (default: python3.11)
+#   GDF_TORCH_VERSION        torch version                               (default: 2.14.1)
+#   GDF_TORCHVISION_VERSION  torchvision version                         (default: 0.29.1)
+#   GDF_TORCH_CLUSTER_VERSION torch-cluster version built from source    (default: 1.6.3)
+#   GDF_WHEEL_CACHE          where built wheels are kept (default: ${XDG_CACHE_HOME:-~/.cache}/gdf-pyg/wheels)
+#   GDF_SKIP_TORCH_CLUSTER=1 skip torch-cluster (the pure-PyTorch backend still works)
+#   GDF_EXTRAS               extras installed with the package           (default: test,faiss,bench)
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+
+PYTHON="${PYTHON:-python3.11}"
+TORCH_VERSION="${GDF_TORCH_VERSION:-2.14.1}"
+TORCHVISION_VERSION="${GDF_TORCHVISION_VERSION:-0.29.1}"
+CLUSTER_VERSION="${GDF_TORCH_CLUSTER_VERSION:-1.6.3}"
+WHEEL_CACHE="${GDF_WHEEL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/gdf-pyg/wheels}"
+EXTRAS="${GDF_EXTRAS:-test,faiss,bench}"
+VENV="$root/.venv"
+PIP="$VENV/bin/python -m pip"
+
+# The stamp records everything that decides the environment: when it matches, there is nothing to do.
+stamp_key="$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)-$TORCH_VERSION-$TORCHVISION_VERSION-$CLUSTER_VERSION-${GDF_SKIP_TORCH_CLUSTER:-0}-$EXTRAS"
+stamp="$VENV/.gdf-setup-stamp"
+if [[ -f "$stamp" && "$(cat "$stamp")" == "$stamp_key" && "${1:-}" != "--force" ]]; then
+    exit 0
+fi
+
+log() { echo "[setup] $*" >&2; }
+
+if [[ ! -x "$VENV/bin/python" ]]; then
+    log "creating $VENV with $PYTHON"
+    "$PYTHON" -m venv "$VENV"
+fi
+$PIP install --quiet --upgrade pip setuptools wheel
+
+log "installing torch==$TORCH_VERSION torchvision==$TORCHVISION_VERSION"
+$PIP install --quiet "torch==$TORCH_VERSION" "torchvision==$TORCHVISION_VERSION"
+
+cluster_args=()
+if [[ "${GDF_SKIP_TORCH_CLUSTER:-0}" != "1" ]]; then
+    # The wheel is specific to the torch it was compiled against: one cache folder per torch build.
+    torch_tag="$("$VENV/bin/python" -c 'import torch; print(torch.__version__.replace("+", "_"))')"
+    py_tag="$("$VENV/bin/python" -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")')"
+    cache_dir="$WHEEL_CACHE/torch-$torch_tag-$py_tag"
+    mkdir -p "$cache_dir"
+    wheel="$(ls "$cache_dir"/torch_cluster-"$CLUSTER_VERSION"-*.whl 2>/dev/null | head -n 1 || true)"
+    if [[ -z "$wheel" ]]; then
+        log "compiling torch-cluster==$CLUSTER_VERSION against torch $torch_tag (several minutes, done once; cached in $cache_dir)"
+        build_dir="$(mktemp -d)"
+        # --no-build-isolation: build against the torch installed above instead of downloading another.
+        FORCE_ONLY_CPU="${FORCE_ONLY_CPU:-$("$VENV/bin/python" -c 'import torch; print(0 if torch.cuda.is_available() else 1)')}" \
+        MAX_JOBS="${MAX_JOBS:-$(nproc)}" \
+            $PIP wheel --no-build-isolation --no-deps --wheel-dir "$build_dir" "torch-cluster==$CLUSTER_VERSION"
+        mv "$build_dir"/torch_cluster-*.whl "$cache_dir"/
+        rm -rf "$build_dir"
+        wheel="$(ls "$cache_dir"/torch_cluster-"$CLUSTER_VERSION"-*.whl | head -n 1)"
+    else
+        log "reusing cached $wheel"
+    fi
+    cluster_args=("$wheel")
+fi
+
+log "installing gdf-pyg[$EXTRAS]"
+$PIP install --quiet "${cluster_args[@]}" -e ".[$EXTRAS]"
+
+echo "$stamp_key" > "$stamp"
+log "done: $VENV"

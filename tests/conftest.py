@@ -1,0 +1,31 @@
+"""Shared test fixtures: tiny data only, no downloads."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never download; set before huggingface_hub is imported
+
+import torch  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("GDF_SHARED", ROOT.parent / "shared"))
+BIRDS = SHARED / "data" / "birds525"
+LITE0_WEIGHTS = SHARED / "weights" / "tf_efficientnet_lite0.in1k.safetensors"
+
+needs_shared_weights = pytest.mark.skipif(
+    not LITE0_WEIGHTS.is_file(), reason=f"shared ImageNet weights not found at {LITE0_WEIGHTS} (a fresh clone has no ../shared)"
+)
+needs_birds = pytest.mark.skipif(
+    not BIRDS.is_dir(), reason=f"shared bird photographs not found at {BIRDS} (a fresh clone has no ../shared)"
+)
+
+# A timm architecture small enough to build and run in milliseconds, without weights.
+TINY_BACKBONE = "test_efficientnet"
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
