@@ -10,7 +10,7 @@ from torch_geometric.nn.conv import MessagePassing
 from torch_geometric.nn.resolver import activation_resolver, normalization_resolver
 from torch_geometric.typing import OptTensor
 
-from .conv import make_conv
+from .conv import make_conv, segment_ptr
 from .graph import GraphBuilder
 
 __all__ = ["GraphAggregation", "READOUTS", "make_readout"]
@@ -154,7 +154,7 @@ class GraphAggregation(nn.Module):
                 edge_index = self.graph(h.detach(), batch, pos, grid_size)
             update = self.dropout(self.act(norm(conv(h, edge_index))))
             h = h + update if self.residual else update
-        return self.readout(h, batch, dim_size=num_graphs), h
+        return self.readout(h, batch, ptr=segment_ptr(batch, num_graphs), dim_size=num_graphs), h
 
     def __repr__(self) -> str:
         return (

@@ -17,14 +17,21 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Type, Ty
 
 import yaml
 
+from .data import DataConfig
+from .losses import LossWeights
+
 __all__ = [
     "AggregationConfig",
     "BackboneConfig",
     "ConfigError",
+    "EvalConfig",
     "GDFNetConfig",
     "GraphConfig",
     "NodesConfig",
+    "OptimConfig",
     "PRESETS",
+    "TrainConfig",
+    "TrainSection",
     "apply_overrides",
     "from_dict",
     "load_preset_dict",
@@ -170,7 +177,7 @@ def apply_overrides(data: Dict[str, Any], overrides: Sequence[str]) -> Dict[str,
     return data
 
 
-PRESETS = ("paper", "cpu")
+PRESETS = ("paper", "cpu", "demo")
 
 
 def load_preset_dict(name: str) -> Dict[str, Any]:
@@ -343,3 +350,119 @@ class GDFNetConfig:
 
     def to_dict(self) -> Dict[str, Any]:
         return to_dict(self)
+
+
+# --------------------------------------------------------------------------------------
+# Training sections.
+# --------------------------------------------------------------------------------------
+@dataclass
+class OptimConfig:
+    """AdamW with per-step warm-up and cosine (or step, or constant) decay."""
+
+    epochs: int = 30
+    batch_size: int = 32
+    lr: float = 1e-3
+    backbone_lr: float = 1e-4
+    weight_decay: float = 5e-4
+    scheduler: str = "cosine"
+    warmup_epochs: float = 0.0
+    grad_clip: float = 0.0
+
+    def validate(self, prefix: str = "optim") -> None:
+        _require(self.epochs >= 1, f"{prefix}.epochs", f"must be >= 1, got {self.epochs}")
+        _require(self.batch_size >= 2, f"{prefix}.batch_size", f"must be >= 2 (the losses compare codes in a batch), got {self.batch_size}")
+        _require(self.lr > 0, f"{prefix}.lr", f"must be > 0, got {self.lr}")
+        _require(self.backbone_lr >= 0, f"{prefix}.backbone_lr", f"must be >= 0, got {self.backbone_lr}")
+        _require(self.weight_decay >= 0, f"{prefix}.weight_decay", f"must be >= 0, got {self.weight_decay}")
+        _choice(self.scheduler, ("cosine", "step", "none"), f"{prefix}.scheduler")
+        _require(0 <= self.warmup_epochs < self.epochs, f"{prefix}.warmup_epochs",
+                 f"must be in [0, epochs={self.epochs}), got {self.warmup_epochs}")
+        _require(self.grad_clip >= 0, f"{prefix}.grad_clip", f"must be >= 0 (0 = off), got {self.grad_clip}")
+
+
+@dataclass
+class TrainSection:
+    """What to train and where: code lengths, frozen backbone, device, precision, seed."""
+
+    bits: List[int] = field(default_factory=lambda: [12, 24, 32, 48])
+    frozen_backbone: bool = False
+    amp: bool = True
+    seed: int = 0
+    device: str = "auto"
+    eval_every: int = 1
+    cache_dir: Optional[str] = None
+    feature_flip: bool = True
+
+    def validate(self, prefix: str = "train") -> None:
+        _require(len(self.bits) >= 1, f"{prefix}.bits", "needs at least one code length")
+        for i, b in enumerate(self.bits):
+            _require(b >= 1, f"{prefix}.bits[{i}]", f"must be a positive number of bits, got {b}")
+        _require(len(set(self.bits)) == len(self.bits), f"{prefix}.bits", f"has repeated code lengths: {self.bits}")
+        _require(self.device in ("auto", "cpu") or self.device.startswith("cuda"), f"{prefix}.device",
+                 f"expected 'auto', 'cpu' or 'cuda[:N]', got {self.device!r}")
+        _require(self.eval_every >= 1, f"{prefix}.eval_every", f"must be >= 1, got {self.eval_every}")
+
+
+@dataclass
+class EvalConfig:
+    """Retrieval metrics reported besides mAP@all."""
+
+    topks: List[int] = field(default_factory=lambda: [100, 1000])
+    radius: int = 2
+
+    def validate(self, prefix: str = "eval") -> None:
+        for i, k in enumerate(self.topks):
+            _require(k >= 1, f"{prefix}.topks[{i}]", f"must be >= 1, got {k}")
+        _require(self.radius >= 0, f"{prefix}.radius", f"must be >= 0, got {self.radius}")
+
+
+@dataclass
+class TrainConfig:
+    """A whole training run: model, data, optimiser, losses, training and evaluation."""
+
+    model: GDFNetConfig = field(default_factory=GDFNetConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    loss: LossWeights = field(default_factory=LossWeights)
+    train: TrainSection = field(default_factory=TrainSection)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def validate(self) -> None:
+        self.model.validate("model")
+        self.data.validate("data")
+        self.optim.validate("optim")
+        self.train.validate("train")
+        self.eval.validate("eval")
+        _require(self.loss.gamma > 0, "loss.gamma", f"must be > 0, got {self.loss.gamma}")
+        for name in ("classification", "quantization", "balance", "pairwise"):
+            _require(getattr(self.loss, name) >= 0, f"loss.{name}", f"must be >= 0, got {getattr(self.loss, name)}")
+        _require(0.0 <= self.loss.label_smoothing < 1.0, "loss.label_smoothing",
+                 f"must be in [0, 1), got {self.loss.label_smoothing}")
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "TrainConfig":
+        cfg = from_dict(cls, data)
+        cfg.validate()
+        return cfg
+
+    @classmethod
+    def load(cls, path: Optional[Union[str, Path]] = None, overrides: Sequence[str] = (),
+             preset: Optional[str] = None) -> "TrainConfig":
+        """A preset and/or a YAML file (the file's keys win), then dotted overrides."""
+        data: Dict[str, Any] = load_preset_dict(preset) if preset else {}
+        if path is not None:
+            data = _merge(data, load_yaml(path))
+        return cls.from_dict(apply_overrides(data, overrides))
+
+    def to_dict(self) -> Dict[str, Any]:
+        return to_dict(self)
+
+
+def _merge(base: Dict[str, Any], update: Mapping[str, Any]) -> Dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out

@@ -56,6 +56,8 @@ if [[ "${GDF_SKIP_TORCH_CLUSTER:-0}" != "1" ]]; then
     if [[ -z "$wheel" ]]; then
         log "compiling torch-cluster==$CLUSTER_VERSION against torch $torch_tag (several minutes, done once; cached in $cache_dir)"
         build_dir="$(mktemp -d)"
+        # ninja lets torch's extension builder compile the sources in parallel (MAX_JOBS).
+        $PIP install --quiet ninja
         # --no-build-isolation: build against the torch installed above instead of downloading another.
         FORCE_ONLY_CPU="${FORCE_ONLY_CPU:-$("$VENV/bin/python" -c 'import torch; print(0 if torch.cuda.is_available() else 1)')}" \
         MAX_JOBS="${MAX_JOBS:-$(nproc)}" \

@@ -1,0 +1,102 @@
+"""train -> checkpoint -> eval -> index -> query through the command line, on tiny data."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from gdf_pyg.cli import build_parser, main
+from gdf_pyg.retrieval import query_index
+
+from .conftest import TINY_BACKBONE
+from .data.conftest import folder_root  # noqa: F401  (fixture)
+
+TINY = [
+    "data.dataset=folder", "data.val_fraction=0.25", "data.query_fraction=0.2",
+    f"model.backbone.name={TINY_BACKBONE}", "model.backbone.pretrained=false", "model.img_size=64",
+    "model.graph.k=3", "model.aggregation.hidden_channels=16", "optim.epochs=2", "optim.batch_size=4",
+    "train.device=cpu", "eval.topks=[5]",
+]
+
+
+@pytest.mark.parametrize("frozen", [False, True])
+def test_train_eval_index_query(tmp_path, folder_root, capsys, frozen):  # noqa: F811
+    run = tmp_path / "run"
+    args = ["train", "--out", str(run), "--no-progress", f"data.root={folder_root}", "train.bits=[12,16]",
+            f"train.frozen_backbone={str(frozen).lower()}", *TINY]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "| bits | mAP@all |" in printed
+    for name in ("config.yaml", "split.json", "report.md", "metrics.json", "metrics.csv", "pr_curve.csv",
+                 "pr_curve.png", "bits12/best.pt", "bits12/last.pt", "bits16/history.csv"):
+        assert (run / name).is_file(), name
+    trained = json.loads((run / "metrics.json").read_text())["results"]
+    assert set(trained) == {"12", "16"}
+
+    # eval reproduces the final metrics of training from the checkpoints alone.
+    assert main(["eval", "--checkpoint", str(run), "--out", str(tmp_path / "eval"), "--topk", "5", "--no-progress"]) == 0
+    evaluated = json.loads((tmp_path / "eval" / "metrics.json").read_text())["results"]
+    for bits in ("12", "16"):
+        assert evaluated[bits]["metrics"] == pytest.approx(trained[bits]["metrics"], abs=1e-9)
+
+    # index the whole folder, then query with one of its images.
+    index = tmp_path / "index"
+    assert main(["index", "--checkpoint", str(run / "bits12" / "best.pt"), "--images", str(folder_root),
+                 "--out", str(index), "--no-progress"]) == 0
+    assert json.loads((index / "meta.json").read_text())["num_items"] == 15
+    query = folder_root / "BLUE JAY" / "2.jpg"
+    grid = tmp_path / "grid.png"
+    capsys.readouterr()
+    assert main(["query", str(query), "--index", str(index), "--topk", "15", "--grid", str(grid)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"query {query}  [BLUE JAY]" and lines[-1] == f"grid written to {grid}"
+    lines = lines[:-1]
+    assert len(lines) == 16
+    # The query itself is in the index, at distance 0; distances never decrease down the list.
+    own = next(ln for ln in lines[1:] if ln.endswith(f"{query}  [BLUE JAY]"))
+    assert "d=  0 +" in own
+    distances = [int(ln.split("d=")[1].split()[0]) for ln in lines[1:]]
+    assert distances == sorted(distances)
+    with Image.open(grid) as img:
+        assert img.size[0] == 16 * (128 + 4)
+    # Exact engines agree.
+    a = query_index(index, [query], topk=6, engine="numpy")
+    b = query_index(index, [query], topk=6, engine="faiss")
+    assert a == b
+
+
+def test_train_rejects_bad_config(tmp_path, folder_root, caplog):  # noqa: F811
+    args = ["train", "--out", str(tmp_path / "r"), f"data.root={folder_root}", *TINY]
+    assert main([*args, "train.bits=[0]"]) == 2
+    assert "train.bits[0]: must be a positive number of bits, got 0" in caplog.text
+    assert main([*args, "model.graph.method=knm"]) == 2
+    assert "model.graph.method: 'knm' is not allowed; expected one of" in caplog.text
+    assert main([*args, "optim.batch_size=64"]) == 2
+    assert "optim.batch_size: 64 is larger than the 9 training images" in caplog.text
+    assert main(["train", "--out", str(tmp_path / "r2"), "data.dataset=folder", f"data.root={tmp_path}/missing"]) == 2
+    assert "data.root" in caplog.text and "is not a folder" in caplog.text
+    assert not (tmp_path / "r" / "bits12").exists()  # nothing ran
+
+
+def test_every_option_is_documented_with_default():
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    assert set(sub.choices) == {"demo", "train", "eval", "index", "query"}
+    for name, p in sub.choices.items():
+        text = p.format_help()
+        for action in p._actions:
+            if action.option_strings and action.dest != "help":
+                assert action.help, f"{name} {action.option_strings} has no help"
+                if action.default not in (None, False) and not isinstance(action.default, list):
+                    assert f"(default: {action.default})" in text.replace("\n", " ").replace("  ", " "), (name, action.dest)
+
+
+def test_demo_quick(tmp_path, capsys):
+    assert main(["demo", "--quick", "--out", str(tmp_path / "demo"), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "| GDF-Net |" in out and "| baseline (global pooling) |" in out
+    assert (tmp_path / "demo" / "pr_curve.png").is_file() and (tmp_path / "demo" / "comparison.md").is_file()
+    # Both models reuse one cache of backbone features.
+    assert len(list((tmp_path / "demo" / "cache").glob("features-*.pt"))) == 1
