@@ -18,6 +18,8 @@ Backends for the nearest-neighbour searches:
   CUDA), used when it is installed. Cosine distance is computed on unit-normalised inputs,
   which ranks neighbours exactly as the cosine distance does and also works on CPU (where
   ``torch-cluster`` refuses ``cosine=True``).
+- ``"faiss"``: FAISS's exact brute-force search (``faiss.knn``), one call per graph, when
+  ``faiss-cpu`` is installed (kNN only).
 - ``"auto"``: see :func:`select_backend`.
 """
 from __future__ import annotations
@@ -31,6 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .optional import has_faiss, has_torch_cluster
+
 log = logging.getLogger(__name__)
 
 __all__ = [
@@ -38,25 +42,15 @@ __all__ = [
     "GraphBuilder",
     "fully_connected_graph",
     "grid_graph",
-    "has_torch_cluster",
     "knn_graph",
     "radius_graph",
     "select_backend",
 ]
 
-KNN_BACKENDS = ("auto", "dense", "torch_cluster")
+KNN_BACKENDS = ("auto", "dense", "torch_cluster", "faiss")
 
 # Scores matrices above this many bytes are computed in chunks by the dense backend.
 DENSE_CHUNK_BYTES = 256 * 2**20
-
-
-def has_torch_cluster() -> bool:
-    """Whether the ``torch-cluster`` extension can be imported."""
-    try:
-        import torch_cluster  # noqa: F401
-    except (ImportError, OSError):
-        return False
-    return True
 
 
 # --------------------------------------------------------------------------------------
@@ -129,6 +123,8 @@ def _check_backend(backend: str) -> None:
             "backend='torch_cluster' needs the torch-cluster package "
             "(pip install torch-cluster --no-build-isolation); backend='dense' needs nothing"
         )
+    if backend == "faiss" and not has_faiss():
+        raise ImportError("backend='faiss' needs faiss-cpu (pip install faiss-cpu); backend='dense' needs nothing")
 
 
 def select_backend(num_features: int, max_nodes: int, device: torch.device) -> str:
@@ -247,6 +243,21 @@ def _sort_by_centre_then_distance(x: Tensor, source: Tensor, target: Tensor) -> 
     return source[order], target[order]
 
 
+def _drop_self(nbr: Tensor, centre: Tensor, k: int, loop: bool) -> Tensor:
+    """``edge_index`` from ``(N, k or k+1)`` neighbour lists sorted nearest first.
+
+    Without loops the centre itself is dropped; if an exact duplicate pushed it out of the
+    ``k + 1`` found, the farthest is dropped instead, so every node keeps exactly ``k``.
+    """
+    if not loop:
+        is_self = nbr == centre
+        drop = torch.where(is_self.any(1), is_self.float().argmax(1), torch.full_like(nbr[:, 0], k))
+        keep = torch.ones_like(nbr, dtype=torch.bool)
+        keep[torch.arange(nbr.size(0), device=nbr.device), drop] = False
+        nbr, centre = nbr[keep].view(-1, k), centre[keep].view(-1, k)
+    return torch.stack([nbr.reshape(-1), centre.reshape(-1)], dim=0)
+
+
 def _torch_cluster_knn(x: Tensor, k: int, batch: Optional[Tensor], loop: bool, cosine: bool) -> Tensor:
     import torch_cluster
 
@@ -256,15 +267,28 @@ def _torch_cluster_knn(x: Tensor, k: int, batch: Optional[Tensor], loop: bool, c
     num_workers = torch.get_num_threads() if batch is None else 1
     centre, nbr = torch_cluster.knn(x, x, want, batch, batch, num_workers=num_workers)
     nbr, centre = _sort_by_centre_then_distance(x, nbr, centre)
-    nbr, centre = nbr.view(-1, want), centre.view(-1, want)
-    if not loop:
-        # Drop the centre itself; if an exact duplicate pushed it out of the k+1, drop the farthest.
-        is_self = nbr == centre
-        drop = torch.where(is_self.any(1), is_self.float().argmax(1), torch.full_like(nbr[:, 0], k))
-        keep = torch.ones_like(nbr, dtype=torch.bool)
-        keep[torch.arange(nbr.size(0), device=nbr.device), drop] = False
-        nbr, centre = nbr[keep].view(-1, k), centre[keep].view(-1, k)
-    return torch.stack([nbr.reshape(-1), centre.reshape(-1)], dim=0)
+    return _drop_self(nbr.view(-1, want), centre.view(-1, want), k, loop)
+
+
+def _faiss_knn(x: Tensor, k: int, sizes: Tensor, loop: bool, cosine: bool) -> Tensor:
+    """Exact brute-force search of FAISS, one call per graph (CPU, float32)."""
+    import faiss
+
+    if cosine:
+        x = F.normalize(x, dim=-1)
+    want = k if loop else k + 1
+    feats = x.detach().to("cpu", torch.float32).contiguous().numpy()
+    nbrs, start = [], 0
+    for n in sizes.tolist():
+        if n:
+            block = feats[start:start + n]
+            _, idx = faiss.knn(block, block, want)
+            nbrs.append(torch.from_numpy(idx).to(torch.long) + start)
+        start += n
+    nbr = torch.cat(nbrs).view(-1).to(x.device)
+    centre = torch.arange(x.size(0), device=x.device).repeat_interleave(want)
+    nbr, centre = _sort_by_centre_then_distance(x, nbr, centre)
+    return _drop_self(nbr.view(-1, want), centre.view(-1, want), k, loop)
 
 
 # --------------------------------------------------------------------------------------
@@ -296,7 +320,8 @@ def knn_graph(
             (default: :obj:`None`, one graph)
         loop (bool): whether a node may be its own neighbour. (default: :obj:`False`)
         cosine (bool): rank by cosine distance. (default: :obj:`False`)
-        backend (str): ``"auto"``, ``"dense"`` or ``"torch_cluster"``. (default: ``"auto"``)
+        backend (str): ``"auto"``, ``"dense"``, ``"torch_cluster"`` or ``"faiss"`` (exact
+            brute force, one call per graph, float32 on CPU). (default: ``"auto"``)
 
     Returns:
         ``edge_index`` :math:`(2, N k)`, ``[neighbour, centre]``, grouped by centre in
@@ -316,6 +341,8 @@ def knn_graph(
         backend = select_backend(x.size(1), int(sizes.max()), x.device)
     if backend == "torch_cluster":
         return _torch_cluster_knn(x, k, batch, loop, cosine)
+    if backend == "faiss":
+        return _faiss_knn(x, k, sizes, loop, cosine)
     return _dense_knn(x, k, sizes, loop, cosine)
 
 
@@ -349,6 +376,8 @@ def radius_graph(
         ``edge_index`` :math:`(2, |\mathcal{E}|)`, grouped by centre, nearest first.
     """
     _check_points(x)
+    if backend == "faiss":
+        raise ValueError("radius_graph supports backends 'auto', 'dense' and 'torch_cluster', not 'faiss'")
     if not (isinstance(r, (int, float)) and not isinstance(r, bool) and r > 0 and math.isfinite(r)):
         raise ValueError(f"r must be a positive finite number, got {r!r}")
     if isinstance(max_num_neighbors, bool) or not isinstance(max_num_neighbors, int) or max_num_neighbors < 1:
@@ -495,6 +524,8 @@ class GraphBuilder:
         if self.method not in GRAPH_METHODS:
             raise ValueError(f"unknown graph method {self.method!r}; expected one of {sorted(GRAPH_METHODS)}")
         _check_backend(self.backend)
+        if self.method == "radius" and self.backend == "faiss":
+            raise ValueError("graph method 'radius' cannot use backend 'faiss' (kNN only)")
 
     @property
     def is_dynamic(self) -> bool:

@@ -23,19 +23,13 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from .optional import has_faiss
+
 log = logging.getLogger(__name__)
 
-__all__ = ["ENGINES", "HammingIndex", "SavedIndex", "has_faiss", "pack_codes", "unpack_codes"]
+__all__ = ["ENGINES", "HammingIndex", "SavedIndex", "pack_codes", "unpack_codes"]
 
 ENGINES = ("auto", "numpy", "faiss", "faiss_hnsw")
-
-
-def has_faiss() -> bool:
-    try:
-        import faiss  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def pack_codes(codes: Any) -> np.ndarray:

@@ -14,7 +14,7 @@ from .nodes import AttentionPartNodes, SpatialNodes
 
 log = logging.getLogger(__name__)
 
-__all__ = ["GDFNet", "GDFOutput", "HashHead", "binarize"]
+__all__ = ["GDFNet", "GDFOutput", "HashHead", "RegionGraphEncoder", "binarize"]
 
 
 class GDFOutput(NamedTuple):
@@ -77,6 +77,44 @@ class HashHead(nn.Module):
         return f"{self.__class__.__name__}({self.in_channels}, bits={self.bits}, num_classes={self.num_classes})"
 
 
+class RegionGraphEncoder(nn.Module):
+    r"""Everything between the backbone and the hash layer: feature map to image features.
+
+    ``head="gdf"``: region nodes, graph aggregation and (``fuse_global``) concatenation with
+    the globally average-pooled map; ``head="global"``: the pooled map alone.
+
+    Shapes:
+        - **input:** feature map :math:`(B, C, H, W)`
+        - **output:** image features :math:`(B, D)`, :math:`D` = :attr:`out_channels`
+    """
+
+    def __init__(self, config: GDFNetConfig, channels: int, feature_size: Tuple[int, int]) -> None:
+        super().__init__()
+        self.fuse_global = config.fuse_global
+        self.nodes: Optional[nn.Module] = None
+        self.aggregation: Optional[GraphAggregation] = None
+        if config.head == "gdf":
+            nc, ac = config.nodes, config.aggregation
+            self.nodes = SpatialNodes(nc.grid_size) if nc.kind == "spatial" else AttentionPartNodes(channels, nc.num_parts)
+            config.check_nodes(self.nodes.num_nodes(feature_size))
+            self.aggregation = GraphAggregation(
+                channels, ac.hidden_channels, ac.num_layers, conv=ac.conv, graph=config.graph.builder(),
+                norm=ac.norm, act=ac.act, dropout=ac.dropout, residual=ac.residual, readout=ac.readout,
+                conv_kwargs={"heads": ac.heads} if ac.conv == "gat" else None,
+            )
+            self.out_channels = self.aggregation.out_channels + (channels if self.fuse_global else 0)
+        else:
+            self.out_channels = channels
+
+    def forward(self, fmap: Tensor) -> Tensor:
+        pooled = fmap.mean(dim=(2, 3))
+        if self.aggregation is None:
+            return pooled
+        nodes = self.nodes(fmap)
+        graph_feat, _ = self.aggregation(nodes.x, nodes.batch, nodes.pos, nodes.grid_size, nodes.num_graphs)
+        return torch.cat([graph_feat, pooled], dim=1) if self.fuse_global else graph_feat
+
+
 class GDFNet(nn.Module):
     r"""Graph-based Discriminative Features network for fine-grained hashing
     (Sun, Lang, Xu, Liu, Zhou, Signal Processing: Image Communication 110, 2022).
@@ -107,25 +145,14 @@ class GDFNet(nn.Module):
         bb = config.backbone
         self.backbone = FeatureBackbone(bb.name, pretrained=bb.pretrained, weights_file=bb.weights_file,
                                         out_index=bb.out_index)
-        channels = self.backbone.channels
         self.feature_size = self.backbone.feature_size(config.img_size)
-        self.nodes: Optional[nn.Module] = None
-        self.aggregation: Optional[GraphAggregation] = None
-        if config.head == "gdf":
-            nc = config.nodes
-            self.nodes = SpatialNodes(nc.grid_size) if nc.kind == "spatial" else AttentionPartNodes(channels, nc.num_parts)
-            config.check_nodes(self.nodes.num_nodes(self.feature_size))
-            ac = config.aggregation
-            self.aggregation = GraphAggregation(
-                channels, ac.hidden_channels, ac.num_layers, conv=ac.conv, graph=config.graph.builder(),
-                norm=ac.norm, act=ac.act, dropout=ac.dropout, residual=ac.residual, readout=ac.readout,
-                conv_kwargs={"heads": ac.heads} if ac.conv == "gat" else None,
-            )
-            feature_dim = self.aggregation.out_channels + (channels if config.fuse_global else 0)
-        else:
-            feature_dim = channels
-        self.feature_dim = feature_dim
-        self.head = HashHead(feature_dim, config.bits, config.num_classes, config.hash_dropout)
+        self.encoder = RegionGraphEncoder(config, self.backbone.channels, self.feature_size)
+        self.feature_dim = self.encoder.out_channels
+        self.head = HashHead(self.feature_dim, config.bits, config.num_classes, config.hash_dropout)
+
+    @property
+    def aggregation(self) -> Optional[GraphAggregation]:
+        return self.encoder.aggregation
 
     @property
     def mean(self) -> Tuple[float, ...]:
@@ -141,7 +168,7 @@ class GDFNet(nn.Module):
 
     def head_modules(self) -> nn.ModuleList:
         """Everything after the backbone (trained alone in frozen-backbone mode)."""
-        return nn.ModuleList([m for m in (self.nodes, self.aggregation, self.head) if m is not None])
+        return nn.ModuleList([self.encoder, self.head])
 
     def forward_features(self, images: Tensor) -> Tensor:
         """Backbone feature map :math:`(B, C, H, W)`."""
@@ -149,18 +176,9 @@ class GDFNet(nn.Module):
             raise ValueError(f"expected images of shape (B, 3, H, W), got {tuple(images.shape)}")
         return self.backbone(images)
 
-    def embed(self, fmap: Tensor) -> Tensor:
-        """Fused image features :math:`(B, D)` from a feature map."""
-        pooled = fmap.mean(dim=(2, 3))
-        if self.aggregation is None:
-            return pooled
-        nodes = self.nodes(fmap)
-        graph_feat, _ = self.aggregation(nodes.x, nodes.batch, nodes.pos, nodes.grid_size, nodes.num_graphs)
-        return torch.cat([graph_feat, pooled], dim=1) if self.config.fuse_global else graph_feat
-
     def forward_head(self, fmap: Tensor) -> GDFOutput:
         """Everything after the backbone, from a (possibly cached) feature map."""
-        features = self.embed(fmap)
+        features = self.encoder(fmap)
         codes, logits = self.head(features)
         return GDFOutput(codes, logits, features)
 

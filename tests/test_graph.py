@@ -5,19 +5,22 @@ import math
 import pytest
 import torch
 
+from gdf_pyg.optional import has_faiss, has_torch_cluster
 from gdf_pyg.graph import (
     GRAPH_METHODS,
     GraphBuilder,
     fully_connected_graph,
     grid_graph,
-    has_torch_cluster,
     knn_graph,
     radius_graph,
     select_backend,
 )
 
-BACKENDS = ["dense", pytest.param("torch_cluster", marks=pytest.mark.skipif(
-    not has_torch_cluster(), reason="torch-cluster is not installed"))]
+BACKENDS = [
+    "dense",
+    pytest.param("torch_cluster", marks=pytest.mark.skipif(not has_torch_cluster(), reason="torch-cluster is not installed")),
+]
+KNN_BACKENDS = [*BACKENDS, pytest.param("faiss", marks=pytest.mark.skipif(not has_faiss(), reason="faiss-cpu is not installed"))]
 
 
 def random_batch(sizes, dim, dtype=torch.float64):
@@ -48,18 +51,20 @@ def as_sets(edge_index, n):
     return out
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", KNN_BACKENDS)
 @pytest.mark.parametrize("loop", [False, True])
 @pytest.mark.parametrize("cosine", [False, True])
 def test_knn_matches_brute_force(backend, loop, cosine):
     x, batch = random_batch([7, 12, 5, 9], 6)
+    if backend == "faiss":  # FAISS computes in float32: compare on float32-exact inputs
+        x = x.float().double()
     out = knn_graph(x, 4, batch, loop=loop, cosine=cosine, backend=backend)
     ref = brute_knn(x, 4, batch, loop=loop, cosine=cosine)
     # Same edges in the same order: grouped by centre, nearest first.
     assert torch.equal(out, ref)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", KNN_BACKENDS)
 def test_knn_exact_in_degree_and_layout(backend):
     x, batch = random_batch([10, 10, 10], 16, dtype=torch.float32)
     k = 5
@@ -70,7 +75,7 @@ def test_knn_exact_in_degree_and_layout(backend):
     assert not bool((ei[0] == ei[1]).any())
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", KNN_BACKENDS)
 def test_knn_duplicates_keep_exact_degree(backend):
     # Every point duplicated: a duplicate may tie with the centre itself.
     base = torch.randn(6, 3, dtype=torch.float64)
@@ -83,12 +88,12 @@ def test_knn_duplicates_keep_exact_degree(backend):
     assert torch.equal(first, torch.cat([torch.arange(6, 12), torch.arange(6)]))
 
 
-@pytest.mark.skipif(not has_torch_cluster(), reason="torch-cluster is not installed")
+@pytest.mark.parametrize("backend", KNN_BACKENDS[1:])
 @pytest.mark.parametrize("dim", [2, 64])
-def test_backends_agree_float32(dim):
+def test_backends_agree_float32(backend, dim):
     x, batch = random_batch([40, 33, 50], dim, dtype=torch.float32)
     a = knn_graph(x, 8, batch, backend="dense")
-    b = knn_graph(x, 8, batch, backend="torch_cluster")
+    b = knn_graph(x, 8, batch, backend=backend)
     assert as_sets(a, x.size(0)) == as_sets(b, x.size(0))
 
 
@@ -117,8 +122,8 @@ def test_knn_bad_arguments():
         knn_graph(bad, 2, batch)
     with pytest.raises(ValueError, match="k must be a positive integer"):
         knn_graph(x, 0, batch)
-    with pytest.raises(ValueError, match="unknown backend 'faiss'"):
-        knn_graph(x, 2, batch, backend="faiss")
+    with pytest.raises(ValueError, match="unknown backend 'annoy'"):
+        knn_graph(x, 2, batch, backend="annoy")
     with pytest.raises(ValueError, match="shape"):
         knn_graph(x[0], 2)
     with pytest.raises(ValueError, match="one graph id per node"):

@@ -1,0 +1,133 @@
+"""Shared helpers of the benchmark scripts: timing, peak memory, device labels, tables, plots."""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import threading
+import time
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence
+
+import torch
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def device_label(device: torch.device) -> str:
+    """The card or processor that produced a result, for file names and headings."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def slug(text: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in text.lower()).strip("-").replace("--", "-")
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_call(fn: Callable[[], object], device: torch.device, repeats: int = 5, warmup: int = 1,
+              budget_s: float = 20.0) -> float:
+    """Median wall time of ``fn`` in milliseconds (fewer repeats when a call is slow)."""
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times: List[float] = []
+    start = time.perf_counter()
+    while len(times) < repeats:
+        t = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append((time.perf_counter() - t) * 1e3)
+        if time.perf_counter() - start > budget_s:
+            break
+    return statistics.median(times)
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096
+
+
+def peak_memory_mb(fn: Callable[[], object], device: torch.device) -> float:
+    """Peak memory growth while ``fn`` runs: allocator peak on CUDA; on CPU the resident set
+    sampled every millisecond by a thread (allocations the process reuses are not seen)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        fn()
+        torch.cuda.synchronize(device)
+        return (torch.cuda.max_memory_allocated(device) - base) / 2**20
+    base = _rss_bytes()
+    peak = [base]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], _rss_bytes())
+            time.sleep(0.001)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    fn()
+    done.set()
+    thread.join()
+    peak[0] = max(peak[0], _rss_bytes())
+    return (peak[0] - base) / 2**20
+
+
+def markdown_table(rows: Sequence[Dict[str, object]], columns: Sequence[str]) -> str:
+    def fmt(v: object) -> str:
+        if isinstance(v, float):
+            return f"{v:.3g}" if abs(v) < 1000 else f"{v:.0f}"
+        return str(v)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(fmt(r.get(c, "")) for c in columns) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def write_results(folder: Path, name: str, title: str, body: str, rows: Sequence[Dict[str, object]],
+                  command: str) -> Path:
+    """``<folder>/<name>.md`` (heading, command, table) and ``<folder>/<name>.json``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    md = folder / f"{name}.md"
+    md.write_text(f"# {title}\n\nCommand: `{command}`\n\n{body}\n")
+    (folder / f"{name}.json").write_text(json.dumps(list(rows), indent=1))
+    return md
+
+
+def base_parser(description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="tiny sizes, seconds (used by the tests)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--results", type=Path, default=RESULTS, help="folder for the markdown, JSON and PNG results")
+    return p
+
+
+def pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def resolve(device: str) -> torch.device:
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit(f"--device {device}: CUDA is not available here")
+    return torch.device(device)
+
+
+def command_line(argv: Optional[Sequence[str]], script: str) -> str:
+    import sys
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    return " ".join(["python", f"benchmarks/{script}", *args])

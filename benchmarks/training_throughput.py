@@ -1,0 +1,129 @@
+"""Benchmark 4: training throughput of GDF-Net against the bare backbone.
+
+At the same backbone, image size and batch: images/s of a full training step (forward,
+backward, AdamW step) of the bare backbone with a linear classifier on globally pooled
+features, and of GDF-Net (region graph + hash head + its losses). It also times the graph and
+hash head alone, forward and backward, on the backbone's feature map, as a fraction of the
+backbone's own forward and backward.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import (  # noqa: E402
+    base_parser, command_line, device_label, markdown_table, pyplot, resolve, slug, time_call, write_results,
+)
+
+from gdf_pyg import GDFNet, GDFNetConfig  # noqa: E402
+from gdf_pyg.losses import GDFLoss  # noqa: E402
+
+FULL = [
+    # backbone, image size, batch, GDF variants (overrides of the model config)
+    ("resnet50", 224, 8, {"spatial 7x7, dynamic 8-NN": {}, "32 parts, dynamic 3-NN": {"nodes": {"kind": "parts"},
+                                                                                       "graph": {"k": 3}}}),
+    ("tf_efficientnet_lite0", 224, 32, {"spatial 7x7, dynamic 8-NN": {}}),
+]
+QUICK = [("test_efficientnet", 64, 4, {"spatial 2x2, dynamic 3-NN": {"graph": {"k": 3}}})]
+
+
+def model_config(backbone: str, size: int, overrides: Dict[str, Dict]) -> GDFNetConfig:
+    data = {"bits": 48, "num_classes": 200, "img_size": size, "backbone": {"name": backbone, "pretrained": False},
+            "nodes": {"kind": "spatial"}, "graph": {"method": "dynamic", "k": 8}, "aggregation": {"hidden_channels": 256}}
+    for section, values in overrides.items():
+        data[section] = {**data.get(section, {}), **values}
+    return GDFNetConfig.from_dict(data)
+
+
+def measure(backbone: str, size: int, batch: int, variants: Dict[str, Dict], device: torch.device,
+            repeats: int) -> List[Dict[str, object]]:
+    images = torch.randn(batch, 3, size, size, device=device)
+    labels = torch.randint(0, 200, (batch,), device=device)
+    rows = []
+    first = GDFNet(model_config(backbone, size, next(iter(variants.values())))).to(device).train()
+    bb = first.backbone
+    classifier = nn.Linear(bb.channels, 200).to(device)
+    bare_opt = torch.optim.AdamW([*bb.parameters(), *classifier.parameters()], lr=1e-4)
+
+    def backbone_fwd_bwd():
+        bb.zero_grad(set_to_none=True)
+        bb(images).mean().backward()
+
+    def bare_step():
+        bare_opt.zero_grad(set_to_none=True)
+        loss = nn.functional.cross_entropy(classifier(bb(images).mean(dim=(2, 3))), labels)
+        loss.backward()
+        bare_opt.step()
+
+    t_bb = time_call(backbone_fwd_bwd, device, repeats)
+    t_bare = time_call(bare_step, device, repeats)
+    rows.append({"backbone": backbone, "image px": size, "batch": batch, "model": "bare backbone + linear",
+                 "step ms": t_bare, "images/s": batch * 1e3 / t_bare, "head fwd+bwd ms": "",
+                 "head / backbone fwd+bwd": ""})
+    loss_fn = GDFLoss()
+    for name, overrides in variants.items():
+        model = GDFNet(model_config(backbone, size, overrides)).to(device).train()
+        model.backbone.load_state_dict(bb.state_dict())
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        with torch.no_grad():
+            fmap = model.forward_features(images)
+
+        def head_fwd_bwd():
+            model.zero_grad(set_to_none=True)
+            out = model.forward_head(fmap.detach().requires_grad_())
+            loss_fn(out.codes, out.logits, labels)["loss"].backward()
+
+        def gdf_step():
+            opt.zero_grad(set_to_none=True)
+            out = model(images)
+            loss_fn(out.codes, out.logits, labels)["loss"].backward()
+            opt.step()
+
+        t_head = time_call(head_fwd_bwd, device, repeats)
+        t_step = time_call(gdf_step, device, repeats)
+        rows.append({"backbone": backbone, "image px": size, "batch": batch, "model": f"GDF-Net, {name}",
+                     "step ms": t_step, "images/s": batch * 1e3 / t_step, "head fwd+bwd ms": t_head,
+                     "head / backbone fwd+bwd": f"{100 * t_head / t_bb:.1f}%"})
+        del model, opt
+    rows[0]["head fwd+bwd ms"] = f"backbone fwd+bwd: {t_bb:.0f}"
+    return rows
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = base_parser(__doc__)
+    args = parser.parse_args(argv)
+    device = resolve(args.device)
+    torch.manual_seed(0)
+    rows: List[Dict[str, object]] = []
+    for backbone, size, batch, variants in (QUICK if args.quick else FULL):
+        rows += measure(backbone, size, batch, variants, device, repeats=2 if args.quick else 5)
+        print(f"done: {backbone}", flush=True)
+    label = device_label(device)
+    body = (f"Device: {label}. Random weights (speed does not depend on them); 48-bit codes, 200 classes, "
+            "hidden width 256. Step = forward + backward + AdamW step; median of repeats.\n\n"
+            + markdown_table(rows, ["backbone", "image px", "batch", "model", "step ms", "images/s", "head fwd+bwd ms",
+                                    "head / backbone fwd+bwd"]))
+    name = "training_throughput" + ("_quick" if args.quick else "") + ("" if device.type == "cpu" else "_" + slug(label))
+    md = write_results(args.results, name, "Training throughput", body, rows, command_line(argv, "training_throughput.py"))
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7, 0.5 * len(rows) + 1.2), dpi=110)
+    ax.barh([f"{r['backbone']} {r['image px']}px b{r['batch']}: {r['model']}" for r in rows],
+            [r["images/s"] for r in rows])
+    ax.set_xlabel("training images/s")
+    ax.set_title(label, fontsize=9)
+    ax.tick_params(axis="y", labelsize=7)
+    fig.tight_layout()
+    fig.savefig(args.results / f"{name}.png")
+    plt.close(fig)
+    print(body)
+    print(f"\nwritten: {md}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
