@@ -17,6 +17,14 @@ __all__ = ["FeatureBackbone", "WeightsUnavailableError", "create_timm_model"]
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
 
 
+class _DropUnusedHeadWeights(logging.Filter):
+    """Hides timm's note that a feature extractor leaves the classifier's weights unused
+    (expected when cutting the head off); missing weights are still reported."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Unexpected keys")
+
+
 class WeightsUnavailableError(RuntimeError):
     """Pretrained weights could be read neither from a local file nor from timm's hub."""
 
@@ -95,9 +103,16 @@ class FeatureBackbone(nn.Module):
         super().__init__()
         self.name = name
         self.out_index = out_index
-        self.model = create_timm_model(
-            name, pretrained=pretrained, weights_file=weights_file, features_only=True, out_indices=(out_index,)
-        )
+        builder_log = logging.getLogger("timm.models._builder")
+        quiet = _DropUnusedHeadWeights()
+        builder_log.addFilter(quiet)
+        try:
+            self.model = create_timm_model(
+                name, pretrained=pretrained, weights_file=weights_file, features_only=True, out_indices=(out_index,)
+            )
+        finally:
+            builder_log.removeFilter(quiet)
+        self.model.to(memory_format=torch.channels_last)
         info = self.model.feature_info
         self.channels: int = int(info.channels()[-1])
         self.reduction: int = int(info.reduction()[-1])
@@ -116,7 +131,8 @@ class FeatureBackbone(nn.Module):
         return int(h), int(w)
 
     def forward(self, images: Tensor) -> Tensor:
-        return self.model(images)[-1]
+        # channels-last runs the convolutions (depthwise ones above all) markedly faster on CPU.
+        return self.model(images.contiguous(memory_format=torch.channels_last))[-1]
 
     def __repr__(self) -> str:
         return (

@@ -28,7 +28,12 @@ def _progress_factory(enabled: bool):
 
 
 def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
+    import os
+
+    level = logging.DEBUG if verbose else logging.INFO
+    if int(os.environ.get("RANK", "0")) > 0:  # other ranks of a torchrun job: warnings only
+        level = logging.WARNING
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(message)s",
                         datefmt="%H:%M:%S")
     for noisy in ("timm", "PIL", "matplotlib", "huggingface_hub", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -59,6 +64,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         run_dir = Path(args.out)
         cfg = TrainConfig.load(args.config, args.overrides, preset=args.preset)
     summary = train(cfg, run_dir, progress=_progress_factory(not args.no_progress), resume=bool(args.resume))
+    if summary is None:  # a non-zero rank of a multi-process run: rank 0 reports
+        return 0
     print(metrics_table(summary["results"]))
     print(f"\nrun directory: {run_dir}  (report.md, metrics.json, pr_curve.png, bits*/best.pt)")
     return 0

@@ -100,6 +100,12 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise ConfigError(f"{key}: expected an integer, got {value!r}")
         return value
     if tp is float:
+        if isinstance(value, str):
+            # PyYAML reads "1e-4" (no dot) as a string; it is plainly meant as a number.
+            try:
+                return float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
         return float(value)
@@ -382,7 +388,11 @@ class OptimConfig:
 
 @dataclass
 class TrainSection:
-    """What to train and where: code lengths, frozen backbone, device, precision, seed."""
+    """What to train and where: code lengths, frozen backbone, device, precision, seed.
+
+    ``init_from`` names an earlier run directory whose ``bits<K>/best.pt`` weights start the
+    model of each code length (e.g. fine-tune end to end after a frozen-backbone run).
+    """
 
     bits: List[int] = field(default_factory=lambda: [12, 24, 32, 48])
     frozen_backbone: bool = False
@@ -392,6 +402,7 @@ class TrainSection:
     eval_every: int = 1
     cache_dir: Optional[str] = None
     feature_flip: bool = True
+    init_from: Optional[str] = None
 
     def validate(self, prefix: str = "train") -> None:
         _require(len(self.bits) >= 1, f"{prefix}.bits", "needs at least one code length")
@@ -401,6 +412,12 @@ class TrainSection:
         _require(self.device in ("auto", "cpu") or self.device.startswith("cuda"), f"{prefix}.device",
                  f"expected 'auto', 'cpu' or 'cuda[:N]', got {self.device!r}")
         _require(self.eval_every >= 1, f"{prefix}.eval_every", f"must be >= 1, got {self.eval_every}")
+        if self.init_from is not None:
+            run = Path(self.init_from).expanduser()
+            missing = [b for b in self.bits if not (run / f"bits{b}" / "best.pt").is_file()]
+            _require(not missing, f"{prefix}.init_from",
+                     f"{self.init_from!r} must be a run directory with bits<K>/best.pt for every code length; "
+                     f"missing for {missing}")
 
 
 @dataclass

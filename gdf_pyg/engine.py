@@ -21,10 +21,13 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tupl
 
 import numpy as np
 import torch
-from torch import Tensor
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from .checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
+from .distributed import DistContext, convert_batchnorm, init_distributed
 from .config import ConfigError, GDFNetConfig, TrainConfig, to_dict
 from .data import (
     ImageRecordDataset,
@@ -302,17 +305,35 @@ def _all_finite(params: Iterable[torch.nn.Parameter]) -> bool:
     return bool(torch.isfinite(torch.stack([g.detach().abs().max() for g in grads])).all())
 
 
+class _Step(nn.Module):
+    """The training forward pass as a module, so DDP can wrap it: images or cached maps."""
+
+    def __init__(self, model: GDFNet) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, inputs: Tensor, is_feature_map: bool):
+        return self.model.forward_head(inputs) if is_feature_map else self.model(inputs)
+
+
 class _Trainer:
     """Trains one code length; see :func:`train`."""
 
     def __init__(self, cfg: TrainConfig, bits: int, data: RunData, out: Path, device: torch.device,
-                 features: Optional[Dict[str, EncodedSet]], progress: Progress) -> None:
+                 features: Optional[Dict[str, EncodedSet]], progress: Progress, ctx: DistContext) -> None:
         self.cfg, self.bits, self.data, self.out, self.device = cfg, bits, data, out, device
-        self.features, self.progress = features, progress
+        self.features, self.progress, self.ctx = features, progress, ctx
         torch.manual_seed(cfg.train.seed)
         np.random.seed(cfg.train.seed % 2**32)
-        self.model = GDFNet(model_config_for(cfg, bits, data.num_classes)).to(device)
+        self.model = GDFNet(model_config_for(cfg, bits, data.num_classes))
         self.frozen = cfg.train.frozen_backbone
+        if cfg.train.init_from is not None:
+            start = Path(cfg.train.init_from).expanduser() / f"bits{bits}" / "best.pt"
+            self.model.load_state_dict(load_checkpoint(start)["model"])
+            log.info("%d bits: starting from the weights of %s", bits, start)
+        if ctx.active:
+            convert_batchnorm(self.model)  # statistics over the global batch, as in one process
+        self.model.to(device)
         if self.frozen:
             self.model.backbone.requires_grad_(False)
             params = [{"params": [p for p in self.model.head_modules().parameters()], "lr": cfg.optim.lr}]
@@ -321,12 +342,19 @@ class _Trainer:
             params = [{"params": head, "lr": cfg.optim.lr},
                       {"params": list(self.model.backbone.parameters()), "lr": cfg.optim.backbone_lr}]
         self.params = [p for g in params for p in g["params"]]
+        self.step_module: nn.Module = _Step(self.model)
+        if ctx.active:
+            self.step_module = DistributedDataParallel(
+                self.step_module, device_ids=[device.index] if device.type == "cuda" else None)
         self.optimizer = torch.optim.AdamW(params, weight_decay=cfg.optim.weight_decay)
         self.loss_fn = GDFLoss(cfg.loss)
-        n_fit = len(data.fit_pos)
-        if cfg.optim.batch_size > n_fit:
-            raise ConfigError(f"optim.batch_size: {cfg.optim.batch_size} is larger than the {n_fit} training images")
-        self.steps_per_epoch = n_fit // cfg.optim.batch_size  # drop the ragged last batch: stable batch statistics
+        n_fit, batch = len(data.fit_pos), cfg.optim.batch_size
+        if batch > n_fit:
+            raise ConfigError(f"optim.batch_size: {batch} is larger than the {n_fit} training images")
+        if batch % ctx.world_size:
+            raise ConfigError(f"optim.batch_size: the global batch {batch} must divide evenly among "
+                              f"{ctx.world_size} processes")
+        self.steps_per_epoch = n_fit // batch  # drop the ragged last batch: stable batch statistics
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_lambda(cfg, self.steps_per_epoch))
         self.generator = torch.Generator().manual_seed(cfg.train.seed)
         self.epoch = 0
@@ -373,30 +401,53 @@ class _Trainer:
         log.info("%d bits: resumed from %s at epoch %d", self.bits, path, self.epoch)
 
     # ---- one epoch ----------------------------------------------------------------------
+    def _epoch_batches(self) -> Iterable[Tuple[Tensor, Tensor]]:
+        """This process's shard of each global batch of the epoch: ``(rows, flip)``.
+
+        Every process draws the same seeded permutation and flips, so the shards of one
+        global batch are disjoint and together form it. ``rows`` index ``data.fit_pos``.
+        """
+        bs, w, r = self.cfg.optim.batch_size, self.ctx.world_size, self.ctx.rank
+        order = torch.randperm(len(self.data.fit_pos), generator=self.generator)
+        flips = torch.rand(len(order), generator=self.generator) < 0.5
+        shard = bs // w
+        for s in range(self.steps_per_epoch):
+            sel = slice(s * bs + r * shard, s * bs + (r + 1) * shard)
+            yield order[sel], flips[sel]
+
     def _train_batches(self) -> Iterable[Tuple[Tensor, Tensor, bool]]:
-        """Yields (inputs, labels, is_feature_map) for one epoch, in a seeded order."""
-        bs = self.cfg.optim.batch_size
+        """Yields (inputs, labels, is_feature_map) for this process's shards of one epoch."""
+        batches = list(self._epoch_batches())
         if self.frozen:
             feats = self.features["train"]
-            where = {int(p): i for i, p in enumerate(feats.positions)}
-            rows = torch.tensor([where[int(p)] for p in self.data.fit_pos if int(p) in where])
-            order = rows[torch.randperm(len(rows), generator=self.generator)]
-            for s in range(self.steps_per_epoch):
-                idx = order[s * bs:(s + 1) * bs]
+            # Row of each training image in the cached maps (-1: skipped as unreadable).
+            row_of = torch.full((len(self.data.train_labels),), -1, dtype=torch.long)
+            row_of[feats.positions] = torch.arange(len(feats.positions))
+            fit_rows = row_of[self.data.fit_pos]
+            for rows, flip in batches:
+                idx = fit_rows[rows]
+                readable = idx >= 0
+                idx, flip = idx[readable], flip[readable]
                 fmap = feats.values[idx].float()
                 if self.cfg.train.feature_flip:
-                    flip = torch.rand(len(idx), generator=self.generator) < 0.5
                     fmap[flip] = fmap[flip].flip(-1)
                 yield fmap, self.data.train_labels[feats.positions[idx]], True
             return
-        loader = _loader(self.data.train_aug, bs, self.cfg.data.num_workers, shuffle=True, generator=self.generator)
+        loader = DataLoader(self.data.train_aug, batch_sampler=[rows.tolist() for rows, _ in batches],
+                            num_workers=self.cfg.data.num_workers, collate_fn=collate_skipping_bad)
         fit_paths = [self.data.train_paths[int(p)] for p in self.data.fit_pos]
-        for s, (images, labels, _) in enumerate(_batches(loader, self.data.skipped, fit_paths)):
-            if s >= self.steps_per_epoch:
-                break
-            if len(labels) < 2:
-                continue
-            yield images, labels, False
+        for images, labels, _ in _batches(loader, self.data.skipped, fit_paths):
+            if len(labels) >= 2:
+                yield images, labels, False
+
+    def _reduce(self, stats: Dict[str, float]) -> Dict[str, float]:
+        """Means over processes of per-process means (equal shards)."""
+        if not self.ctx.active:
+            return stats
+        keys = sorted(stats)
+        t = torch.tensor([stats[k] for k in keys], dtype=torch.float64, device=self.device)
+        dist.all_reduce(t)
+        return {k: float(v) / self.ctx.world_size for k, v in zip(keys, t.tolist())}
 
     def train_epoch(self) -> Dict[str, float]:
         self.model.train()
@@ -404,12 +455,13 @@ class _Trainer:
             self.model.backbone.eval()
         sums: Dict[str, float] = {}
         n_images, n_steps, t0 = 0, 0, time.perf_counter()
-        batches = self.progress(self._train_batches(), desc=f"{self.bits} bits, epoch {self.epoch + 1}",
-                                total=self.steps_per_epoch)
+        progress = self.progress if self.ctx.is_main else no_progress
+        batches = progress(self._train_batches(), desc=f"{self.bits} bits, epoch {self.epoch + 1}",
+                           total=self.steps_per_epoch)
         for inputs, labels, is_fmap in batches:
             inputs, labels = inputs.to(self.device, non_blocking=True), labels.to(self.device)
             with _autocast(self.device, self.cfg.train.amp):
-                out = self.model.forward_head(inputs) if is_fmap else self.model(inputs)
+                out = self.step_module(inputs, is_fmap)
                 terms = self.loss_fn(out.codes.float(), out.logits.float(), labels)
             loss = terms["loss"]
             if not bool(torch.isfinite(loss)):
@@ -437,8 +489,9 @@ class _Trainer:
                 batches.set_postfix(loss=f"{sums['loss'] / n_steps:.4f}",
                                     img_s=f"{n_images / (time.perf_counter() - t0):.0f}")
         elapsed = time.perf_counter() - t0
-        stats = {k: v / max(n_steps, 1) for k, v in sums.items()}
-        stats.update(images=float(n_images), seconds=elapsed, images_per_s=n_images / max(elapsed, 1e-9),
+        stats = self._reduce({k: v / max(n_steps, 1) for k, v in sums.items()})
+        images = n_images * self.ctx.world_size
+        stats.update(images=float(images), seconds=elapsed, images_per_s=images / max(elapsed, 1e-9),
                      lr=float(self.optimizer.param_groups[0]["lr"]))
         return stats
 
@@ -474,26 +527,29 @@ class _Trainer:
 
     # ---- the loop -------------------------------------------------------------------------
     def fit(self) -> None:
-        cfg = self.cfg
+        cfg, main = self.cfg, self.ctx.is_main
         last = self.out / "last.pt"
         while self.epoch < cfg.optim.epochs:
             stats = self.train_epoch()
             self.epoch += 1
             evaluate = self.epoch % cfg.train.eval_every == 0 or self.epoch == cfg.optim.epochs
-            if evaluate and len(self.data.val_pos):
-                stats["val_map"] = self.validation_map()
-                if stats["val_map"] > self.best_metric:
-                    self.best_metric, self.best_epoch = stats["val_map"], self.epoch
-                    self.best_state = _state_dict_cpu(self.model)
-            elif not len(self.data.val_pos):
-                # No validation split: the last epoch is the model.
-                self.best_epoch, self.best_state = self.epoch, _state_dict_cpu(self.model)
-            stats["epoch"] = float(self.epoch)
-            self.history.append(stats)
-            log.info("%d bits, epoch %d/%d: loss %.4f, %.0f images/s%s", self.bits, self.epoch, cfg.optim.epochs,
-                     stats.get("loss", float("nan")), stats["images_per_s"],
-                     f", val mAP {stats['val_map']:.4f}" if "val_map" in stats else "")
-            save_checkpoint(self._checkpoint(), last)
+            if main:  # rank 0 selects, logs and writes; the others wait at the barrier
+                if evaluate and len(self.data.val_pos):
+                    stats["val_map"] = self.validation_map()
+                    if stats["val_map"] > self.best_metric:
+                        self.best_metric, self.best_epoch = stats["val_map"], self.epoch
+                        self.best_state = _state_dict_cpu(self.model)
+                elif not len(self.data.val_pos):
+                    # No validation split: the last epoch is the model.
+                    self.best_epoch, self.best_state = self.epoch, _state_dict_cpu(self.model)
+                stats["epoch"] = float(self.epoch)
+                self.history.append(stats)
+                log.info("%d bits, epoch %d/%d: loss %.4f, %.0f images/s%s", self.bits, self.epoch, cfg.optim.epochs,
+                         stats.get("loss", float("nan")), stats["images_per_s"],
+                         f", val mAP {stats['val_map']:.4f}" if "val_map" in stats else "")
+                save_checkpoint(self._checkpoint(), last)
+            if self.ctx.active:
+                dist.barrier()
 
 
 def _write_history(path: Path, history: List[Dict[str, float]]) -> None:
@@ -506,18 +562,23 @@ def _write_history(path: Path, history: List[Dict[str, float]]) -> None:
 
 def train_bits(cfg: TrainConfig, bits: int, data: RunData, run_dir: Path, device: torch.device,
                features: Optional[Dict[str, EncodedSet]] = None, progress: Progress = no_progress,
-               resume: bool = False) -> Dict[str, Any]:
-    """Trains, selects and evaluates the model of one code length; returns its results."""
+               resume: bool = False, ctx: Optional[DistContext] = None) -> Optional[Dict[str, Any]]:
+    """Trains, selects and evaluates the model of one code length; returns its results
+    (on rank 0; ``None`` on the other processes)."""
+    ctx = ctx or DistContext()
     out = run_dir / f"bits{bits}"
-    out.mkdir(parents=True, exist_ok=True)
+    if ctx.is_main:
+        out.mkdir(parents=True, exist_ok=True)
     done = out / "result.json"
     if resume and done.is_file():
         log.info("%d bits: already finished in an earlier run, kept", bits)
-        return json.loads(done.read_text())
-    trainer = _Trainer(cfg, bits, data, out, device, features, progress)
+        return json.loads(done.read_text()) if ctx.is_main else None
+    trainer = _Trainer(cfg, bits, data, out, device, features, progress, ctx)
     if resume and (out / "last.pt").is_file():
         trainer.resume(out / "last.pt")
     trainer.fit()
+    if not ctx.is_main:
+        return None
     trainer.model.load_state_dict(trainer.best_state)
     best = trainer._checkpoint()
     best["kind"] = "gdf-pyg-model"
@@ -531,7 +592,7 @@ def train_bits(cfg: TrainConfig, bits: int, data: RunData, run_dir: Path, device
     result = {
         "bits": bits, "metrics": report, "best_epoch": trainer.best_epoch, "val_map": trainer.best_metric,
         "pr_curve": curve.to_rows(), "train_images_per_s": float(np.mean([h["images_per_s"] for h in trainer.history])),
-        "queries": len(test.values), "database": len(train.values),
+        "queries": len(test.values), "database": len(train.values), "processes": ctx.world_size,
     }
     done.write_text(json.dumps(result, indent=1))
     return result
@@ -541,23 +602,34 @@ def train_bits(cfg: TrainConfig, bits: int, data: RunData, run_dir: Path, device
 # A whole run.
 # --------------------------------------------------------------------------------------
 def train(cfg: TrainConfig, run_dir: Path | str, *, progress: Progress = no_progress, resume: bool = False,
-          cache_dir: Optional[Path] = None) -> Dict[str, Any]:
+          cache_dir: Optional[Path] = None) -> Optional[Dict[str, Any]]:
     """Trains every code length of ``cfg`` into ``run_dir`` and writes the reports.
 
     ``run_dir`` receives ``config.yaml`` (resolved), ``bits{K}/`` (``best.pt``, ``last.pt``,
     ``history.csv``, ``result.json``), ``metrics.json``, ``metrics.csv``, ``report.md``,
     ``pr_curve.csv`` and ``pr_curve.png``. With ``resume=True`` finished code lengths are
-    kept and an interrupted one continues from its ``last.pt``.
+    kept and an interrupted one continues from its ``last.pt``. Started by ``torchrun``
+    with several processes it trains with DDP; rank 0 writes and returns the summary, the
+    other ranks return ``None``.
     """
     from .report import write_reports
 
     cfg.validate()
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(cfg.train.device)
+    ctx = init_distributed(device)
+    if device.type == "cuda" and ctx.active:
+        device = torch.device("cuda", ctx.local_rank)
+        torch.cuda.set_device(device)
+    if ctx.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.train.seed)
     probe = GDFNet(model_config_for(cfg, cfg.train.bits[0], 2))  # backbone only: normalisation and features
-    data = build_run_data(cfg, probe.mean, probe.std, run_dir)
+    if ctx.active and not ctx.is_main:
+        dist.barrier()  # rank 0 writes the folder split first
+    data = build_run_data(cfg, probe.mean, probe.std, run_dir if ctx.is_main else None)
+    if ctx.active and ctx.is_main:
+        dist.barrier()
     if cfg.model.num_classes != data.num_classes:
         log.info("model.num_classes set to %d, the classes of the %s dataset", data.num_classes, data.name)
         cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, num_classes=data.num_classes))
@@ -565,19 +637,26 @@ def train(cfg: TrainConfig, run_dir: Path | str, *, progress: Progress = no_prog
     if cfg.optim.batch_size > n_fit:
         raise ConfigError(f"optim.batch_size: {cfg.optim.batch_size} is larger than the {n_fit} training images "
                           f"(after holding out data.val_fraction={cfg.data.val_fraction})")
-    import yaml
+    if ctx.is_main:
+        import yaml
 
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     features = None
     if cfg.train.frozen_backbone:
         cache = Path(cache_dir or cfg.train.cache_dir or run_dir / "cache")
+        if ctx.active and not ctx.is_main:
+            dist.barrier()  # rank 0 computes and caches the features; the others read them
         features = cached_features(cfg, data, probe.to(device), device, cache, progress)
+        if ctx.active and ctx.is_main:
+            dist.barrier()
     del probe
     results = {}
     for bits in cfg.train.bits:
-        results[bits] = train_bits(cfg, bits, data, run_dir, device, features, progress, resume)
+        results[bits] = train_bits(cfg, bits, data, run_dir, device, features, progress, resume, ctx)
+    if not ctx.is_main:
+        return None
     summary = {"dataset": data.name, "num_classes": data.num_classes, "skipped_images": sorted(set(data.skipped)),
-               "results": {str(b): r for b, r in results.items()}}
+               "processes": ctx.world_size, "results": {str(b): r for b, r in results.items()}}
     write_reports(run_dir, summary)
     return summary
 

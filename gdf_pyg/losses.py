@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .distributed import all_gather_cat
+
 __all__ = [
     "GDFLoss",
     "bit_balance_loss",
@@ -164,7 +166,8 @@ class GDFLoss(nn.Module):
 
     (:func:`code_classification_loss`, :func:`cauchy_quantization_loss`,
     :func:`bit_balance_loss`, :func:`pairwise_cauchy_loss`). ``forward`` returns a dict
-    with the total under ``"loss"`` and each weighted term.
+    with the total under ``"loss"`` and each weighted term. Under multi-process training the
+    batch-level terms (balance, pairwise) are computed on the codes of the global batch.
     """
 
     def __init__(self, weights: Optional[LossWeights] = None) -> None:
@@ -179,10 +182,13 @@ class GDFLoss(nn.Module):
             terms["classification"] = w.classification * code_classification_loss(logits, labels, w.label_smoothing)
         if w.quantization:
             terms["quantization"] = w.quantization * cauchy_quantization_loss(codes, w.gamma)
-        if w.balance:
-            terms["balance"] = w.balance * bit_balance_loss(codes)
-        if w.pairwise:
-            terms["pairwise"] = w.pairwise * pairwise_cauchy_loss(codes, labels, w.gamma)
+        if w.balance or w.pairwise:
+            # Batch-level terms see the whole global batch when training on several processes.
+            all_codes, all_labels = all_gather_cat(codes), all_gather_cat(labels)
+            if w.balance:
+                terms["balance"] = w.balance * bit_balance_loss(all_codes)
+            if w.pairwise:
+                terms["pairwise"] = w.pairwise * pairwise_cauchy_loss(all_codes, all_labels, w.gamma)
         terms["loss"] = sum(terms.values(), codes.new_zeros(()))
         return terms
 

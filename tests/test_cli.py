@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from gdf_pyg.cli import build_parser, main
@@ -100,3 +100,22 @@ def test_demo_quick(tmp_path, capsys):
     assert (tmp_path / "demo" / "pr_curve.png").is_file() and (tmp_path / "demo" / "comparison.md").is_file()
     # Both models reuse one cache of backbone features.
     assert len(list((tmp_path / "demo" / "cache").glob("features-*.pt"))) == 1
+
+
+def test_init_from_starts_from_an_earlier_run(tmp_path, folder_root, caplog):  # noqa: F811
+    from gdf_pyg.checkpoint import load_checkpoint
+    from gdf_pyg.engine import load_model
+
+    first = tmp_path / "frozen"
+    assert main(["train", "--out", str(first), "--no-progress", f"data.root={folder_root}", "train.bits=[12]",
+                 "train.frozen_backbone=true", *TINY]) == 0
+    tuned = tmp_path / "tuned"
+    assert main(["train", "--out", str(tuned), "--no-progress", f"data.root={folder_root}", "train.bits=[12]",
+                 *TINY, f"train.init_from={first}", "optim.lr=1e-12", "optim.backbone_lr=0", "optim.epochs=1"]) == 0
+    a, _ = load_model(first / "bits12" / "best.pt")
+    b, _ = load_model(tuned / "bits12" / "best.pt")
+    for (name, p), (_, q) in zip(a.named_parameters(), b.named_parameters()):
+        torch.testing.assert_close(p, q, atol=1e-6, rtol=0, msg=name)
+    assert main(["train", "--out", str(tmp_path / "x"), f"data.root={folder_root}", "train.bits=[12,24]",
+                 f"train.init_from={first}", *TINY]) == 2
+    assert "train.init_from" in caplog.text and "missing for [24]" in caplog.text

@@ -88,3 +88,12 @@ def test_from_yaml(tmp_path):
     (tmp_path / "bad.yaml").write_text("model: [1, 2\n")
     with pytest.raises(ConfigError, match="bad.yaml' is not valid YAML"):
         GDFNetConfig.from_yaml(tmp_path / "bad.yaml")
+
+
+def test_exponent_notation_is_a_number():
+    from gdf_pyg.config import TrainConfig
+
+    cfg = TrainConfig.load(overrides=["optim.lr=1e-4", "optim.weight_decay=5E-4"])
+    assert cfg.optim.lr == 1e-4 and cfg.optim.weight_decay == 5e-4
+    with pytest.raises(ConfigError, match="optim.lr: expected a number, got 'fast'"):
+        TrainConfig.load(overrides=["optim.lr=fast"])

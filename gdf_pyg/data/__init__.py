@@ -53,7 +53,8 @@ class DataConfig:
     ``dataset`` is ``synthetic`` (generated, no files), ``cub``, ``dogs``, ``cars`` (their
     official layouts under ``root``) or ``folder`` (one sub-folder per class under ``root``,
     split into database/query by ``query_fraction`` and ``split_seed``). ``val_fraction`` of
-    the training split (stratified, seeded) is held out for model selection.
+    the training split (stratified, seeded) is held out for model selection. ``max_classes``
+    keeps only the first classes (in the dataset's class order), for quick experiments.
     """
 
     dataset: str = "synthetic"
@@ -64,6 +65,7 @@ class DataConfig:
     bbox_crop: bool = False
     skip_bad_images: bool = False
     num_workers: int = 0
+    max_classes: Optional[int] = None
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
     def validate(self, prefix: str = "data") -> None:
@@ -77,6 +79,8 @@ class DataConfig:
         _require(0.0 < self.query_fraction < 1.0, f"{prefix}.query_fraction",
                  f"must be in (0, 1), got {self.query_fraction}")
         _require(self.num_workers >= 0, f"{prefix}.num_workers", f"must be >= 0, got {self.num_workers}")
+        _require(self.max_classes is None or self.max_classes >= 2, f"{prefix}.max_classes",
+                 f"must be >= 2 or null, got {self.max_classes}")
         s = self.synthetic
         _require(s.num_classes >= 2, f"{prefix}.synthetic.num_classes", f"must be >= 2, got {s.num_classes}")
         _require(s.train_per_class >= 2, f"{prefix}.synthetic.train_per_class", f"must be >= 2, got {s.train_per_class}")
@@ -97,6 +101,8 @@ def read_splits(cfg: DataConfig, split_file: Optional[Path] = None) -> Retrieval
         splits = read_cars(root)
     else:
         splits = read_image_folder(root, query_fraction=cfg.query_fraction, seed=cfg.split_seed, split_file=split_file)
+    if cfg.max_classes is not None and cfg.max_classes < splits.num_classes:
+        splits = splits.first_classes(cfg.max_classes)
     for name in ("train", "test"):
         if not getattr(splits, name):
             raise DatasetLayoutError(f"dataset {cfg.dataset!r} at {str(root)!r} has no {name} images")

@@ -70,6 +70,12 @@ class RetrievalSplits:
     def num_classes(self) -> int:
         return len(self.classes)
 
+    def first_classes(self, n: int) -> "RetrievalSplits":
+        """The splits restricted to classes ``0 .. n-1``."""
+        keep = lambda recs: [r for r in recs if r.label < n]  # noqa: E731
+        return RetrievalSplits(self.name, self.classes[:n], keep(self.train), keep(self.test), keep(self.val),
+                               keep(self.train_minus_val), {**self.notes, "max_classes": n})
+
     def carve_validation(self, fraction: float, seed: int) -> None:
         """Moves a stratified ``fraction`` of ``train`` (at least one image of each class that
         has two or more) into ``val``; ``train`` itself keeps every image as the database."""

@@ -127,3 +127,9 @@ def test_shared_birds_folder():
     assert "PLUSH CRESTED JAY" in s.classes
     ds = ImageRecordDataset(s.test[:4], eval_transform(32, (0.5,) * 3, (0.5,) * 3))
     assert torch.stack([ds[i][0] for i in range(4)]).shape == (4, 3, 32, 32)
+
+
+def test_max_classes_keeps_the_first_classes(folder_root):
+    s = read_splits(DataConfig(dataset="folder", root=str(folder_root), val_fraction=0.25, max_classes=2))
+    assert s.classes == ["BLACK SWAN", "BLUE JAY"]
+    assert {r.label for r in s.train + s.test + s.val} == {0, 1} and len(s.train) == 8
