@@ -12,4 +12,4 @@ test: setup
 	$(PY) -m pytest -q $(ARGS)
 
 bench: setup
-	$(PY) benchmarks/run_all.py $(ARGS)
+	benchmarks/run_all.sh $(ARGS)

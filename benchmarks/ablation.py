@@ -28,6 +28,7 @@ from gdf_pyg.study import train_code_lengths  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 BITS = (12, 24, 32, 48)
+BIRD_CLASSES = 200  # the first 200 of the 525 species: 800 database / 200 query images
 
 # name -> overrides of the model config (relative to the dataset's base, a dynamic 8-NN graph
 # over spatial nodes with EdgeConv).
@@ -48,7 +49,8 @@ VARIANTS: Dict[str, List[str]] = {
     "dynamic kNN, SAGE": ["aggregation.conv=sage"],
 }
 QUICK_VARIANTS = ["no graph (global pooling)", "kNN feature space, k=3", "dynamic kNN, k=8 (EdgeConv)"]
-HEAD = ["graph.method=dynamic", "graph.k=8", "nodes.kind=spatial", "aggregation.hidden_channels=128",
+EPOCHS = {"synthetic": 12, "birds525": 8}
+HEAD = ["graph.method=dynamic", "graph.k=8", "nodes.kind=spatial", "aggregation.hidden_channels=64",
         "aggregation.conv=edge", "aggregation.readout=mean_max"]
 
 
@@ -56,7 +58,8 @@ def dataset_configs(quick: bool) -> Dict[str, Tuple[TrainConfig, str]]:
     """Training configs (only their data and backbone are used) and a skip reason (or "")."""
     synth = TrainConfig.load(preset="demo", overrides=(
         ["data.synthetic.num_classes=8", "data.synthetic.train_per_class=8", "data.synthetic.test_per_class=3"]
-        if quick else []) + ["data.val_fraction=0"])
+        if quick else ["data.synthetic.num_classes=16", "data.synthetic.train_per_class=16",
+                       "data.synthetic.test_per_class=6"]) + ["data.val_fraction=0"])
     out = {"synthetic": (synth, "")}
     weights = SHARED / "weights" / "tf_efficientnet_lite0.in1k.safetensors"
     birds = SHARED / "data" / "birds525"
@@ -64,7 +67,7 @@ def dataset_configs(quick: bool) -> Dict[str, Tuple[TrainConfig, str]]:
         if weights.is_file() and birds.is_dir():
             cfg = TrainConfig.load(preset="cpu", overrides=[
                 "data.dataset=folder", f"data.root={birds}", "data.val_fraction=0", "data.query_fraction=0.2",
-                f"model.backbone.weights_file={weights}"])
+                f"data.max_classes={BIRD_CLASSES}", f"model.backbone.weights_file={weights}"])
             out["birds525"] = (cfg, "")
         else:
             out["birds525"] = (TrainConfig(), f"skipped: {birds} or {weights} not found (../shared is absent)")
@@ -96,7 +99,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             notes.append(f"- {dataset}: {skip}")
             continue
         train_maps, train_labels, test_maps, test_labels = features_of(cfg, args.cache)
-        epochs = args.epochs or (2 if args.quick else {"synthetic": 30, "birds525": 12}[dataset])
+        epochs = args.epochs or (2 if args.quick else EPOCHS[dataset])
         base = apply_overrides(cfg.model.to_dict(), HEAD)
         notes.append(f"- {dataset}: backbone {cfg.model.backbone.name} (frozen), feature map "
                      f"{tuple(train_maps.shape[1:])}, {len(train_maps)} database/training images, "
@@ -116,7 +119,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     columns = ["dataset", "variant", *[f"{b} bits" for b in BITS], "s / seed"]
     body = (f"mAP@all, mean ± standard deviation over {seeds} seed(s); one encoder shared by four hash heads "
             "(12/24/32/48 bits), fixed epochs, no model selection. Base: spatial nodes, dynamic 8-NN graph, two "
-            "EdgeConv layers (hidden 128), mean‖max readout, fused with global pooling.\n\n" + "\n".join(notes)
+            "EdgeConv layers (hidden 64), mean‖max readout, fused with global pooling.\n\n" + "\n".join(notes)
             + "\n\n" + markdown_table(rows, columns)
             + f"\n\nTotal time: {time.perf_counter() - t_start:.0f} s.")
     name = "ablation" + ("_quick" if args.quick else "")
@@ -130,6 +133,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 def plot(rows: List[Dict[str, object]], path: Path) -> None:
     plt = pyplot()
+    if plt is None:
+        return
     datasets = list(dict.fromkeys(r["dataset"] for r in rows))
     fig, axes = plt.subplots(1, len(datasets), figsize=(6 * len(datasets), 0.32 * len(rows) / len(datasets) + 1.5),
                              dpi=110, squeeze=False)

@@ -49,14 +49,24 @@ def time_call(fn: Callable[[], object], device: torch.device, repeats: int = 5, 
     return statistics.median(times)
 
 
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * 4096
+def _malloc_in_use() -> int:
+    """Bytes currently allocated through glibc's malloc (heap and mmap), where readable."""
+    import ctypes
+
+    class _Mallinfo2(ctypes.Structure):
+        _fields_ = [(name, ctypes.c_size_t) for name in
+                    ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
+                     "keepcost")]
+
+    libc = ctypes.CDLL("libc.so.6")
+    libc.mallinfo2.restype = _Mallinfo2
+    info = libc.mallinfo2()
+    return int(info.uordblks + info.hblkhd)
 
 
 def peak_memory_mb(fn: Callable[[], object], device: torch.device) -> float:
-    """Peak memory growth while ``fn`` runs: allocator peak on CUDA; on CPU the resident set
-    sampled every millisecond by a thread (allocations the process reuses are not seen)."""
+    """Peak memory growth while ``fn`` runs: the CUDA allocator's peak on GPU; on CPU the bytes
+    in use by malloc (torch's CPU tensors come from it), sampled every 0.2 ms by a thread."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
@@ -64,21 +74,20 @@ def peak_memory_mb(fn: Callable[[], object], device: torch.device) -> float:
         fn()
         torch.cuda.synchronize(device)
         return (torch.cuda.max_memory_allocated(device) - base) / 2**20
-    base = _rss_bytes()
+    base = _malloc_in_use()
     peak = [base]
     done = threading.Event()
 
     def sample() -> None:
         while not done.is_set():
-            peak[0] = max(peak[0], _rss_bytes())
-            time.sleep(0.001)
+            peak[0] = max(peak[0], _malloc_in_use())
+            time.sleep(0.0002)
 
     thread = threading.Thread(target=sample, daemon=True)
     thread.start()
     fn()
     done.set()
     thread.join()
-    peak[0] = max(peak[0], _rss_bytes())
     return (peak[0] - base) / 2**20
 
 
@@ -112,8 +121,13 @@ def base_parser(description: str) -> argparse.ArgumentParser:
 
 
 def pyplot():
-    import matplotlib
-
+    """matplotlib's pyplot on the Agg backend, or ``None`` when matplotlib is not installed
+    (then the scripts write their tables without the plot)."""
+    try:
+        import matplotlib
+    except ImportError:
+        print("matplotlib is not installed: no plot written", flush=True)
+        return None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -131,3 +145,22 @@ def command_line(argv: Optional[Sequence[str]], script: str) -> str:
 
     args = list(sys.argv[1:] if argv is None else argv)
     return " ".join(["python", f"benchmarks/{script}", *args])
+
+
+def barh_plot(labels: Sequence[str], values: Sequence[float], xlabel: str, path: Path, title: str = "",
+              log: bool = False) -> None:
+    """A horizontal bar chart (skipped without matplotlib)."""
+    plt = pyplot()
+    if plt is None:
+        return
+    fig, ax = plt.subplots(figsize=(7, 0.45 * len(labels) + 1.2), dpi=110)
+    ax.barh(list(labels), list(values))
+    if log:
+        ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_title(title, fontsize=9)
+    ax.tick_params(axis="y", labelsize=7)
+    ax.invert_yaxis()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import base_parser, command_line, device_label, markdown_table, pyplot, resolve, write_results  # noqa: E402
+from common import base_parser, barh_plot, command_line, device_label, markdown_table, resolve, write_results  # noqa: E402
 
 from gdf_pyg.index import HammingIndex, pack_codes  # noqa: E402
 from gdf_pyg.metrics import mean_average_precision  # noqa: E402
@@ -149,14 +149,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     name = "retrieval_engine" + ("_quick" if args.quick else "")
     md = write_results(args.results, name, "Retrieval engine", body, map_rows + search_rows,
                        command_line(argv, "retrieval_engine.py"))
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(6, 3), dpi=110)
-    ax.barh([r["engine"] for r in search_rows], [r["queries/s"] for r in search_rows])
-    ax.set_xscale("log")
-    ax.set_xlabel(f"queries/s, top-{search_rows[0]['k']} over {search_rows[0]['database']:,} codes")
-    fig.tight_layout()
-    fig.savefig(args.results / f"{name}.png")
-    plt.close(fig)
+    barh_plot([r["engine"] for r in search_rows], [r["queries/s"] for r in search_rows],
+              f"queries/s, top-{search_rows[0]['k']} over {search_rows[0]['database']:,} codes",
+              args.results / f"{name}.png", label, log=True)
     print(body)
     print(f"\nwritten: {md}")
     return 0

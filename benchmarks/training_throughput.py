@@ -17,7 +17,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
-    base_parser, command_line, device_label, markdown_table, pyplot, resolve, slug, time_call, write_results,
+    barh_plot, base_parser, command_line, device_label, markdown_table, resolve, slug, time_call, write_results,
 )
 
 from gdf_pyg import GDFNet, GDFNetConfig  # noqa: E402
@@ -89,7 +89,6 @@ def measure(backbone: str, size: int, batch: int, variants: Dict[str, Dict], dev
         rows.append({"backbone": backbone, "image px": size, "batch": batch, "model": f"GDF-Net, {name}",
                      "step ms": t_step, "images/s": batch * 1e3 / t_step, "head fwd+bwd ms": t_head,
                      "head / backbone fwd+bwd": f"{100 * t_head / t_bb:.1f}%"})
-        del model, opt
     rows[0]["head fwd+bwd ms"] = f"backbone fwd+bwd: {t_bb:.0f}"
     return rows
 
@@ -110,16 +109,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                     "head / backbone fwd+bwd"]))
     name = "training_throughput" + ("_quick" if args.quick else "") + ("" if device.type == "cpu" else "_" + slug(label))
     md = write_results(args.results, name, "Training throughput", body, rows, command_line(argv, "training_throughput.py"))
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(7, 0.5 * len(rows) + 1.2), dpi=110)
-    ax.barh([f"{r['backbone']} {r['image px']}px b{r['batch']}: {r['model']}" for r in rows],
-            [r["images/s"] for r in rows])
-    ax.set_xlabel("training images/s")
-    ax.set_title(label, fontsize=9)
-    ax.tick_params(axis="y", labelsize=7)
-    fig.tight_layout()
-    fig.savefig(args.results / f"{name}.png")
-    plt.close(fig)
+    barh_plot([f"{r['backbone']} {r['image px']}px b{r['batch']}: {r['model']}" for r in rows],
+              [r["images/s"] for r in rows], "training images/s", args.results / f"{name}.png", label)
     print(body)
     print(f"\nwritten: {md}")
     return 0

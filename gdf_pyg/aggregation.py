@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from typing import Any, Dict, Optional, Tuple, Type, Union
 
-import torch
 from torch import Tensor, nn
 from torch_geometric.nn import aggr as pyg_aggr
 from torch_geometric.nn.conv import MessagePassing

@@ -39,6 +39,13 @@ def _setup_logging(verbose: bool) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def _encoding(p: argparse.ArgumentParser) -> None:
+    """Options of the commands that encode image folders."""
+    p.add_argument("--batch-size", type=int, default=32, help="images per encoding batch")
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    p.add_argument("--skip-bad-images", action="store_true", help="skip unreadable images (logged and counted)")
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars; log lines only")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -88,7 +95,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
     import torch
 
     from .config import TrainConfig, apply_overrides
-    from .data import ImageRecordDataset, eval_transform
     from .engine import build_run_data, encode_dataset, evaluate_codes, load_model
     from .report import metrics_table, write_reports
     from .retrieval import collect_images, encode_records
@@ -217,9 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--database", default=None, help="folder of database images (one sub-folder per class)")
     p.add_argument("--topk", type=int, nargs="+", default=[100, 1000], help="k of mAP@k and P@k")
     p.add_argument("--radius", type=int, default=2, help="Hamming radius of P@r")
-    p.add_argument("--batch-size", type=int, default=32, help="images per encoding batch")
-    p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
-    p.add_argument("--skip-bad-images", action="store_true", help="skip unreadable images (logged and counted)")
+    _encoding(p)
     p.add_argument("overrides", nargs="*", metavar="key=value", help="overrides of the checkpoint's config (data.*)")
     _common(p)
     p.set_defaults(func=cmd_eval)
@@ -231,9 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, help="trained model (best.pt)")
     p.add_argument("--images", required=True, help="folder of images")
     p.add_argument("--out", required=True, help="index folder")
-    p.add_argument("--batch-size", type=int, default=32, help="images per encoding batch")
-    p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
-    p.add_argument("--skip-bad-images", action="store_true", help="skip unreadable images (logged and counted)")
+    _encoding(p)
     _common(p)
     p.set_defaults(func=cmd_index)
 

@@ -252,11 +252,8 @@ class GraphConfig:
         _require(self.max_num_neighbors >= 1, f"{prefix}.max_num_neighbors", f"must be >= 1, got {self.max_num_neighbors}")
         _choice(self.connectivity, (4, 8), f"{prefix}.connectivity")
         _choice(self.backend, KNN_BACKENDS, f"{prefix}.backend")
-
-    def builder(self):
-        from .graph import GraphBuilder
-
-        return GraphBuilder(**to_dict(self))
+        _require(not (self.method == "radius" and self.backend == "faiss"), f"{prefix}.backend",
+                 "'faiss' does kNN only; method 'radius' needs 'auto', 'dense' or 'torch_cluster'")
 
 
 @dataclass

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
 from typing import Callable, Dict, Optional, Tuple
 
 import torch
@@ -56,7 +55,8 @@ DENSE_CHUNK_BYTES = 256 * 2**20
 # --------------------------------------------------------------------------------------
 # Input checks shared by every builder.
 # --------------------------------------------------------------------------------------
-def _check_points(x: Tensor, name: str = "x") -> None:
+def _check_points(x: Tensor, name: str = "x") -> Tensor:
+    """Checks ``x`` and returns its row norms :math:`(N,)` (reused by the dense backend)."""
     if not isinstance(x, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if x.dim() != 2:
@@ -64,7 +64,8 @@ def _check_points(x: Tensor, name: str = "x") -> None:
     if not x.is_floating_point():
         raise TypeError(f"{name} must be a floating-point tensor, got {x.dtype}")
     # A row norm is NaN/inf when any entry is: one cheap reduction instead of an (N, F) mask.
-    if x.numel() and not bool(torch.isfinite(torch.linalg.vector_norm(x, dim=1)).all()):
+    norms = torch.linalg.vector_norm(x, dim=1)
+    if x.numel() and not bool(torch.isfinite(norms).all()):
         finite = torch.isfinite(x).all(dim=1)
         if bool(finite.all()):
             raise ValueError(f"{name} has entries too large for {x.dtype}: squared distances overflow")
@@ -73,6 +74,7 @@ def _check_points(x: Tensor, name: str = "x") -> None:
             f"{name} contains NaN or inf in {bad.numel()} node(s), first at node {int(bad[0])}: "
             "graph construction needs finite features"
         )
+    return norms
 
 
 def _graph_sizes(batch: Optional[Tensor], num_nodes: int, device: torch.device) -> Tensor:
@@ -144,16 +146,16 @@ def select_backend(num_features: int, max_nodes: int, device: torch.device) -> s
 # Dense backend.
 # --------------------------------------------------------------------------------------
 def _to_padded(x: Tensor, sizes: Tensor) -> Tuple[Tensor, Optional[Tensor], int]:
-    """``(B, n_max, F)`` view or padded copy of ``x`` and a ``(B, n_max)`` validity mask
-    (``None`` when every graph has the same size, in which case no copy is made)."""
+    """``(B, n_max, ...)`` view or zero-padded copy of ``x`` ``(N, ...)`` and a ``(B, n_max)``
+    validity mask (``None`` when every graph has the same size: then no copy is made)."""
     num_graphs = sizes.numel()
     n_max = int(sizes.max()) if num_graphs else 0
     if num_graphs and bool((sizes == n_max).all()):
-        return x.view(num_graphs, n_max, x.size(1)), None, n_max
+        return x.view(num_graphs, n_max, *x.shape[1:]), None, n_max
     ptr = torch.cumsum(sizes, 0) - sizes
     graph = torch.repeat_interleave(torch.arange(num_graphs, device=x.device), sizes)
     local = torch.arange(x.size(0), device=x.device) - ptr[graph]
-    padded = x.new_zeros(num_graphs, n_max, x.size(1))
+    padded = x.new_zeros(num_graphs, n_max, *x.shape[1:])
     padded[graph, local] = x
     mask = torch.zeros(num_graphs, n_max, dtype=torch.bool, device=x.device)
     mask[graph, local] = True
@@ -183,17 +185,19 @@ def _dense_scores(
 
 
 def _dense_neighbours(
-    x: Tensor, sizes: Tensor, cosine: bool, loop: bool, select: Callable[[Tensor], Tuple[Tensor, Tensor]]
+    x: Tensor, sizes: Tensor, cosine: bool, loop: bool, select: Callable[[Tensor], Tuple[Tensor, Tensor]],
+    norms: Tensor,
 ) -> Tuple[Tensor, Tensor]:
     """Runs ``select(scores) -> (values, local_index)`` over chunks of graphs and query rows.
 
-    Returns ``values`` and local neighbour indices, both ``(B, n_max, m)``.
+    ``norms`` are the row norms of ``x``. Returns ``values`` and local neighbour indices,
+    both ``(B, n_max, m)``.
     """
     if cosine:
-        x = F.normalize(x, dim=-1)
+        x = x / norms.clamp_min(1e-12).unsqueeze(1)
     xb, mask, n_max = _to_padded(x, sizes)
     num_graphs = xb.size(0)
-    neg_sq = None if cosine else -torch.linalg.vector_norm(xb, dim=-1).square()
+    neg_sq = None if cosine else _to_padded(-norms.square(), sizes)[0]
     bytes_per_graph = n_max * n_max * xb.element_size()
     graphs_per_chunk = max(1, DENSE_CHUNK_BYTES // max(bytes_per_graph, 1))
     rows_per_chunk = n_max if graphs_per_chunk > 1 or bytes_per_graph <= DENSE_CHUNK_BYTES else max(
@@ -223,8 +227,8 @@ def _centre_ids(sizes: Tensor, n_max: int, device: torch.device) -> Tuple[Tensor
     return ptr.unsqueeze(1) + local, local.unsqueeze(0) < sizes.unsqueeze(1)
 
 
-def _dense_knn(x: Tensor, k: int, sizes: Tensor, loop: bool, cosine: bool) -> Tensor:
-    _, local_nbr = _dense_neighbours(x, sizes, cosine, loop, lambda s: torch.topk(s, k, dim=-1))
+def _dense_knn(x: Tensor, k: int, sizes: Tensor, loop: bool, cosine: bool, norms: Tensor) -> Tensor:
+    _, local_nbr = _dense_neighbours(x, sizes, cosine, loop, lambda s: torch.topk(s, k, dim=-1), norms)
     n_max = local_nbr.size(1)
     centre, valid = _centre_ids(sizes, n_max, x.device)
     ptr = (torch.cumsum(sizes, 0) - sizes).view(-1, 1, 1)
@@ -331,7 +335,7 @@ def knn_graph(
         ValueError: on non-finite features, an unsorted ``batch``, or a graph with too few
             nodes for ``k`` (``k`` must be below the node count when ``loop=False``).
     """
-    _check_points(x)
+    norms = _check_points(x)
     sizes = _graph_sizes(batch, x.size(0), x.device)
     _check_k(k, sizes, loop)
     _check_backend(backend)
@@ -343,7 +347,7 @@ def knn_graph(
         return _torch_cluster_knn(x, k, batch, loop, cosine)
     if backend == "faiss":
         return _faiss_knn(x, k, sizes, loop, cosine)
-    return _dense_knn(x, k, sizes, loop, cosine)
+    return _dense_knn(x, k, sizes, loop, cosine, norms)
 
 
 def radius_graph(
@@ -375,7 +379,7 @@ def radius_graph(
     Returns:
         ``edge_index`` :math:`(2, |\mathcal{E}|)`, grouped by centre, nearest first.
     """
-    _check_points(x)
+    norms = _check_points(x)
     if backend == "faiss":
         raise ValueError("radius_graph supports backends 'auto', 'dense' and 'torch_cluster', not 'faiss'")
     if not (isinstance(r, (int, float)) and not isinstance(r, bool) and r > 0 and math.isfinite(r)):
@@ -403,7 +407,7 @@ def radius_graph(
 
     m = min(max_num_neighbors, int(sizes.max()))
     r2 = float(r) ** 2
-    scores, local_nbr = _dense_neighbours(x, sizes, False, loop, lambda s: torch.topk(s, m, dim=-1))
+    scores, local_nbr = _dense_neighbours(x, sizes, False, loop, lambda s: torch.topk(s, m, dim=-1), norms)
     n_max = local_nbr.size(1)
     centre, valid = _centre_ids(sizes, n_max, x.device)
     ptr = (torch.cumsum(sizes, 0) - sizes).view(-1, 1, 1)
@@ -495,9 +499,11 @@ GRAPH_METHODS: Dict[str, str] = {
 }
 
 
-@dataclass
 class GraphBuilder:
     r"""Builds the graph named by ``method`` (see :data:`GRAPH_METHODS`) for a mini-batch.
+
+    Its settings are a :class:`~gdf_pyg.config.GraphConfig` (validated on construction),
+    readable as attributes.
 
     Args:
         method (str): one of :data:`GRAPH_METHODS`. (default: ``"dynamic"``)
@@ -511,21 +517,26 @@ class GraphBuilder:
         backend (str): kNN backend. (default: ``"auto"``)
     """
 
-    method: str = "dynamic"
-    k: int = 8
-    cosine: bool = False
-    loop: bool = False
-    radius: float = 0.25
-    max_num_neighbors: int = 32
-    connectivity: int = 8
-    backend: str = "auto"
+    def __init__(self, method: str = "dynamic", **options: object) -> None:
+        from .config import GraphConfig
 
-    def __post_init__(self) -> None:
-        if self.method not in GRAPH_METHODS:
-            raise ValueError(f"unknown graph method {self.method!r}; expected one of {sorted(GRAPH_METHODS)}")
-        _check_backend(self.backend)
-        if self.method == "radius" and self.backend == "faiss":
-            raise ValueError("graph method 'radius' cannot use backend 'faiss' (kNN only)")
+        self.config = GraphConfig(method=method, **options)
+        self.config.validate("graph")
+        _check_backend(self.config.backend)
+
+    @classmethod
+    def from_config(cls, config: "GraphConfig") -> "GraphBuilder":  # noqa: F821
+        from .config import to_dict
+
+        return cls(**to_dict(config))
+
+    def __getattr__(self, name: str):
+        if name == "config":  # not set yet (e.g. during copying)
+            raise AttributeError(name)
+        return getattr(self.config, name)
+
+    def __repr__(self) -> str:
+        return f"{self.__class__.__name__}({self.config})"
 
     @property
     def is_dynamic(self) -> bool:

@@ -87,8 +87,8 @@ def hamming_distance(query_codes: ArrayLike, db_codes: ArrayLike) -> Tensor:
     return ((q.size(1) - q @ b.t()) * 0.5).round().to(torch.int32)
 
 
-def _ranked_relevance(q: Tensor, b: Tensor, rel: Tensor, topk: int) -> Tensor:
-    """Relevance flags in ranked order, ``(chunk, topk)`` int32.
+def _ranked_relevance(q: Tensor, b: Tensor, rel: Tensor, topk: int) -> np.ndarray:
+    """Relevance flags in ranked order, ``(chunk, topk)`` (integers 0/1).
 
     One sort of unique integer keys ``(distance * D + index) * 2 + relevant`` orders the
     database by distance then index, and carries the relevance flag in the lowest bit, so no
@@ -105,8 +105,35 @@ def _ranked_relevance(q: Tensor, b: Tensor, rel: Tensor, topk: int) -> Tensor:
     else:
         dist = ((k_bits - q @ b.t()) * 0.5).round().to(torch.int64)
         key = (dist * n_db + index) * 2 + rel.to(torch.int64)
-    ordered = np.sort(key.numpy(), axis=1)[:, :topk]
-    return torch.from_numpy((ordered & 1).astype(np.int32))
+    ordered = np.sort(key.numpy(), axis=1)
+    return ordered[:, :topk] & 1
+
+
+def _chunk_average_precision(q: Tensor, b: Tensor, ql: Tensor, bl: Tensor, n: int) -> float:
+    """Sum of AP@n over the queries of one chunk."""
+    flags = _ranked_relevance(q, b, _relevance(ql, bl), n)
+    rows, cols = np.nonzero(flags)  # relevant items, row by row, in rank order
+    if rows.size == 0:
+        return 0.0
+    found = np.bincount(rows, minlength=flags.shape[0])
+    first = np.cumsum(found) - found
+    hits_before = np.arange(rows.size) - first[rows]  # relevant items ranked above this one
+    precision = (hits_before + 1.0) / (cols + 1.0)
+    ap = np.bincount(rows, weights=precision, minlength=flags.shape[0])
+    return float((ap[found > 0] / found[found > 0]).sum())
+
+
+def _map_over_chunks(q: Tensor, b: Tensor, ql: Tensor, bl: Tensor, n: int) -> float:
+    """Sum of AP over all queries; chunks run on a thread per core (the sort releases the GIL)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    starts = range(0, q.size(0), QUERY_CHUNK)
+    work = lambda s: _chunk_average_precision(q[s:s + QUERY_CHUNK], b, ql[s:s + QUERY_CHUNK], bl, n)  # noqa: E731
+    workers = max(1, min(torch.get_num_threads(), len(starts)))
+    if workers == 1:
+        return sum(map(work, starts))
+    with ThreadPoolExecutor(workers) as pool:
+        return sum(pool.map(work, starts))
 
 
 def mean_average_precision(
@@ -135,19 +162,10 @@ def mean_average_precision(
     n_db = b.size(0)
     if topk is not None and (isinstance(topk, bool) or not isinstance(topk, int) or topk < 1):
         raise ValueError(f"topk must be a positive integer or None, got {topk!r}")
-    n = n_db if topk is None else min(topk, n_db)
     if q.size(0) == 0:
         raise ValueError("there are no queries")
-    ranks = torch.arange(1, n + 1, dtype=torch.float64)
-    total = 0.0
-    for start in range(0, q.size(0), QUERY_CHUNK):
-        sl = slice(start, start + QUERY_CHUNK)
-        rel = _ranked_relevance(q[sl], b, _relevance(ql[sl], bl), n)
-        hits = torch.cumsum(rel, dim=1, dtype=torch.int32)
-        precision_sum = (hits.to(torch.float64) * rel).div_(ranks).sum(1)
-        found = hits[:, -1].to(torch.float64)
-        total += float(torch.where(found > 0, precision_sum / found.clamp_min(1), 0.0).sum())
-    return total / q.size(0)
+    n = n_db if topk is None else min(topk, n_db)
+    return _map_over_chunks(q, b, ql, bl, n) / q.size(0)
 
 
 def precision_at_k(query_codes, db_codes, query_labels, db_labels, k: int) -> float:
@@ -160,8 +178,8 @@ def precision_at_k(query_codes, db_codes, query_labels, db_labels, k: int) -> fl
     total = 0.0
     for start in range(0, q.size(0), QUERY_CHUNK):
         sl = slice(start, start + QUERY_CHUNK)
-        rel = _ranked_relevance(q[sl], b, _relevance(ql[sl], bl), k)
-        total += float(rel.sum(1).to(torch.float64).div(k).sum())
+        flags = _ranked_relevance(q[sl], b, _relevance(ql[sl], bl), k)
+        total += float(flags.sum(dtype=np.float64)) / k
     return total / q.size(0)
 
 

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from .aggregation import GraphAggregation
+from .graph import GraphBuilder
 from .backbone import FeatureBackbone
 from .config import GDFNetConfig
 from .nodes import AttentionPartNodes, SpatialNodes
@@ -98,7 +99,7 @@ class RegionGraphEncoder(nn.Module):
             self.nodes = SpatialNodes(nc.grid_size) if nc.kind == "spatial" else AttentionPartNodes(channels, nc.num_parts)
             config.check_nodes(self.nodes.num_nodes(feature_size))
             self.aggregation = GraphAggregation(
-                channels, ac.hidden_channels, ac.num_layers, conv=ac.conv, graph=config.graph.builder(),
+                channels, ac.hidden_channels, ac.num_layers, conv=ac.conv, graph=GraphBuilder.from_config(config.graph),
                 norm=ac.norm, act=ac.act, dropout=ac.dropout, residual=ac.residual, readout=ac.readout,
                 conv_kwargs={"heads": ac.heads} if ac.conv == "gat" else None,
             )

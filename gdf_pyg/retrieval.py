@@ -13,7 +13,7 @@ from .data import ImageRecord, ImageRecordDataset, eval_transform
 from .data.layouts import IMAGE_SUFFIXES
 from .data.records import DatasetLayoutError
 from .engine import Progress, encode_dataset, load_model, no_progress
-from .index import HammingIndex, SavedIndex, pack_codes
+from .index import SavedIndex, pack_codes
 from .model import GDFNet
 
 log = logging.getLogger(__name__)

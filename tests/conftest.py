@@ -8,7 +8,9 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never download; set before huggingface_hub is imported
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from PIL import Image  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("GDF_SHARED", ROOT.parent / "shared"))
@@ -29,3 +31,18 @@ TINY_BACKBONE = "test_efficientnet"
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+def write_image(path: Path, seed: int, size=(40, 30)) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(path)
+
+
+@pytest.fixture
+def folder_root(tmp_path: Path) -> Path:
+    root = tmp_path / "birds"
+    for c, name in enumerate(["BLACK SWAN", "BLUE JAY", "ROCK DOVE"]):
+        for j in range(5):
+            write_image(root / name / f"{j + 1}.jpg", c * 10 + j)
+    return root

@@ -11,7 +11,6 @@ from gdf_pyg.cli import build_parser, main
 from gdf_pyg.retrieval import query_index
 
 from .conftest import TINY_BACKBONE
-from .data.conftest import folder_root  # noqa: F401  (fixture)
 
 TINY = [
     "data.dataset=folder", "data.val_fraction=0.25", "data.query_fraction=0.2",
@@ -22,7 +21,7 @@ TINY = [
 
 
 @pytest.mark.parametrize("frozen", [False, True])
-def test_train_eval_index_query(tmp_path, folder_root, capsys, frozen):  # noqa: F811
+def test_train_eval_index_query(tmp_path, folder_root, capsys, frozen):
     run = tmp_path / "run"
     args = ["train", "--out", str(run), "--no-progress", f"data.root={folder_root}", "train.bits=[12,16]",
             f"train.frozen_backbone={str(frozen).lower()}", *TINY]
@@ -67,7 +66,7 @@ def test_train_eval_index_query(tmp_path, folder_root, capsys, frozen):  # noqa:
     assert a == b
 
 
-def test_train_rejects_bad_config(tmp_path, folder_root, caplog):  # noqa: F811
+def test_train_rejects_bad_config(tmp_path, folder_root, caplog):
     args = ["train", "--out", str(tmp_path / "r"), f"data.root={folder_root}", *TINY]
     assert main([*args, "train.bits=[0]"]) == 2
     assert "train.bits[0]: must be a positive number of bits, got 0" in caplog.text
@@ -102,8 +101,7 @@ def test_demo_quick(tmp_path, capsys):
     assert len(list((tmp_path / "demo" / "cache").glob("features-*.pt"))) == 1
 
 
-def test_init_from_starts_from_an_earlier_run(tmp_path, folder_root, caplog):  # noqa: F811
-    from gdf_pyg.checkpoint import load_checkpoint
+def test_init_from_starts_from_an_earlier_run(tmp_path, folder_root, caplog):
     from gdf_pyg.engine import load_model
 
     first = tmp_path / "frozen"

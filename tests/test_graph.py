@@ -206,6 +206,10 @@ def test_graph_builder_dispatch():
         GraphBuilder("radius")(x, batch)
     with pytest.raises(ValueError, match="spatial nodes"):
         GraphBuilder("grid")(x, batch, pos)
-    with pytest.raises(ValueError, match="unknown graph method 'knm'"):
+    with pytest.raises(ValueError, match=r"graph.method: 'knm' is not allowed; expected one of \["):
         GraphBuilder("knm")
+    with pytest.raises(ValueError, match="graph.k: must be >= 1, got 0"):
+        GraphBuilder("knn", k=0)
+    with pytest.raises(ValueError, match="'faiss' does kNN only"):
+        GraphBuilder("radius", backend="faiss")
     assert set(GRAPH_METHODS) == {"none", "knn", "dynamic", "spatial_knn", "grid", "radius", "full"}

@@ -17,7 +17,6 @@ from gdf_pyg.config import TrainConfig
 from gdf_pyg.engine import TrainingDivergedError, train
 
 from .conftest import ROOT, TINY_BACKBONE
-from .data.conftest import folder_root  # noqa: F401  (fixture)
 
 TINY = [
     "data.dataset=folder", "data.val_fraction=0.25", "data.query_fraction=0.2",
@@ -36,7 +35,7 @@ def weights(run, bits):
     return load_checkpoint(run / f"bits{bits}" / "best.pt")["model"]
 
 
-def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path, folder_root):  # noqa: F811
+def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path, folder_root):
     args = ["--no-progress", f"data.root={folder_root}", "optim.epochs=5", "train.bits=[12,16]", *TINY]
     ref, run = tmp_path / "ref", tmp_path / "run"
     subprocess.run(cli("train", "--out", str(ref), *args), env=ENV, check=True, capture_output=True)
@@ -72,7 +71,7 @@ def test_resume_refuses_new_settings(tmp_path):
     assert main(["train", "--resume", str(tmp_path), "optim.epochs=3"]) == 2
 
 
-def test_nan_stops_with_step_and_keeps_last_good_checkpoint(tmp_path, folder_root, monkeypatch):  # noqa: F811
+def test_nan_stops_with_step_and_keeps_last_good_checkpoint(tmp_path, folder_root, monkeypatch):
     from gdf_pyg import losses
 
     cfg = TrainConfig.load(overrides=[f"data.root={folder_root}", "optim.epochs=3", "train.bits=[12]",
@@ -99,7 +98,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_processes_match_one_process(tmp_path, folder_root):  # noqa: F811
+def test_two_processes_match_one_process(tmp_path, folder_root):
     """DDP with gloo on CPU: 2 processes x 4 images = the single process's global batch of 8.
 
     Tolerance: the per-epoch mean losses agree to a relative 1e-4 (float32 gradients summed in

@@ -5,14 +5,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 from scipy.io import savemat
 
-
-def write_image(path: Path, seed: int, size=(40, 30)) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(path)
+from ..conftest import write_image
 
 
 @pytest.fixture
@@ -111,13 +106,4 @@ def cars_single_root(tmp_path: Path) -> Path:
     names = np.empty((1, 2), dtype=object)
     names[0, 0], names[0, 1] = np.array(["Car A"]), np.array(["Car B"])
     savemat(root / "cars_annos.mat", {"annotations": _annotations(rows, fields), "class_names": names})
-    return root
-
-
-@pytest.fixture
-def folder_root(tmp_path: Path) -> Path:
-    root = tmp_path / "birds"
-    for c, name in enumerate(["BLACK SWAN", "BLUE JAY", "ROCK DOVE"]):
-        for j in range(5):
-            write_image(root / name / f"{j + 1}.jpg", c * 10 + j)
     return root
