@@ -389,6 +389,8 @@ class TrainSection:
 
     ``init_from`` names an earlier run directory whose ``bits<K>/best.pt`` weights start the
     model of each code length (e.g. fine-tune end to end after a frozen-backbone run).
+    ``freeze_backbone_bn`` keeps the backbone's batch-norm statistics at their pretrained
+    values while it is fine-tuned (small batches estimate them poorly).
     """
 
     bits: List[int] = field(default_factory=lambda: [12, 24, 32, 48])
@@ -400,6 +402,7 @@ class TrainSection:
     cache_dir: Optional[str] = None
     feature_flip: bool = True
     init_from: Optional[str] = None
+    freeze_backbone_bn: bool = True
 
     def validate(self, prefix: str = "train") -> None:
         _require(len(self.bits) >= 1, f"{prefix}.bits", "needs at least one code length")

@@ -453,6 +453,10 @@ class _Trainer:
         self.model.train()
         if self.frozen:
             self.model.backbone.eval()
+        elif self.cfg.train.freeze_backbone_bn:
+            for module in self.model.backbone.modules():
+                if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                    module.eval()
         sums: Dict[str, float] = {}
         n_images, n_steps, t0 = 0, 0, time.perf_counter()
         progress = self.progress if self.ctx.is_main else no_progress
