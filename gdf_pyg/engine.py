@@ -161,12 +161,6 @@ def build_run_data(cfg: TrainConfig, mean: Sequence[float], std: Sequence[float]
     )
 
 
-def _loader(dataset: Dataset, batch_size: int, num_workers: int, shuffle: bool = False,
-            generator: Optional[torch.Generator] = None) -> DataLoader:
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
-                      collate_fn=collate_skipping_bad, generator=generator, drop_last=False)
-
-
 def _batches(loader: DataLoader, skipped: Optional[List[str]], paths: Optional[List[str]] = None):
     """Batches of a loader; images skipped as unreadable are logged and appended to ``skipped``."""
     for images, labels, indices, bad in loader:
@@ -206,7 +200,7 @@ def encode_dataset(
 ) -> EncodedSet:
     """Applies ``fn`` (images on ``device`` -> tensor) to every readable image, in order;
     unreadable images (with ``skip_bad`` datasets) are appended to ``skipped``."""
-    loader = _loader(dataset, batch_size, num_workers)
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_skipping_bad)
     out, pos = [], []
     for images, _, indices in progress(_batches(loader, skipped, paths), desc=desc, total=len(loader)):
         with _autocast(device, amp):
