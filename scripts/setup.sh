@@ -59,6 +59,8 @@ if [[ "${GDF_SKIP_TORCH_CLUSTER:-0}" != "1" ]]; then
         # ninja lets torch's extension builder compile the sources in parallel (MAX_JOBS).
         $PIP install --quiet ninja
         # --no-build-isolation: build against the torch installed above instead of downloading another.
+        # The venv's bin first on PATH, so torch's extension builder finds ninja.
+        PATH="$VENV/bin:$PATH" \
         FORCE_ONLY_CPU="${FORCE_ONLY_CPU:-$("$VENV/bin/python" -c 'import torch; print(0 if torch.cuda.is_available() else 1)')}" \
         MAX_JOBS="${MAX_JOBS:-$(nproc)}" \
             $PIP wheel --no-build-isolation --no-deps --wheel-dir "$build_dir" "torch-cluster==$CLUSTER_VERSION"
