@@ -10,6 +10,7 @@
 #   GDF_TORCH_VERSION        torch version                               (default: 2.14.1)
 #   GDF_TORCHVISION_VERSION  torchvision version                         (default: 0.29.1)
 #   GDF_TORCH_CLUSTER_VERSION torch-cluster version built from source    (default: 1.6.3)
+#   MAX_JOBS                 extensions compiled at once                 (default: nproc)
 #   GDF_WHEEL_CACHE          where built wheels are kept (default: ${XDG_CACHE_HOME:-~/.cache}/gdf-pyg/wheels)
 #   GDF_SKIP_TORCH_CLUSTER=1 skip torch-cluster (the pure-PyTorch backend still works)
 #   GDF_EXTRAS               extras installed with the package           (default: test,faiss,bench)
@@ -56,14 +57,16 @@ if [[ "${GDF_SKIP_TORCH_CLUSTER:-0}" != "1" ]]; then
     if [[ -z "$wheel" ]]; then
         log "compiling torch-cluster==$CLUSTER_VERSION against torch $torch_tag (several minutes, done once; cached in $cache_dir)"
         build_dir="$(mktemp -d)"
-        # ninja lets torch's extension builder compile the sources in parallel (MAX_JOBS).
-        $PIP install --quiet ninja
         # --no-build-isolation: build against the torch installed above instead of downloading another.
-        # The venv's bin first on PATH, so torch's extension builder finds ninja.
-        PATH="$VENV/bin:$PATH" \
+        $PIP download --quiet --no-deps --no-binary :all: --no-build-isolation --dest "$build_dir" \
+            "torch-cluster==$CLUSTER_VERSION"
+        tar -xzf "$build_dir"/torch_cluster-"$CLUSTER_VERSION".tar.gz -C "$build_dir"
+        src="$build_dir/torch_cluster-$CLUSTER_VERSION"
+        # torch-cluster's setup.py turns ninja off, so sources compile one by one; setuptools'
+        # build_ext can still build its separate extensions side by side (2x faster on 2 cores).
+        printf '\n[build_ext]\nparallel = %s\n' "${MAX_JOBS:-$(nproc)}" >> "$src/setup.cfg"
         FORCE_ONLY_CPU="${FORCE_ONLY_CPU:-$("$VENV/bin/python" -c 'import torch; print(0 if torch.cuda.is_available() else 1)')}" \
-        MAX_JOBS="${MAX_JOBS:-$(nproc)}" \
-            $PIP wheel --no-build-isolation --no-deps --wheel-dir "$build_dir" "torch-cluster==$CLUSTER_VERSION"
+            $PIP wheel --no-build-isolation --no-deps --wheel-dir "$build_dir" "$src"
         mv "$build_dir"/torch_cluster-*.whl "$cache_dir"/
         rm -rf "$build_dir"
         wheel="$(ls "$cache_dir"/torch_cluster-"$CLUSTER_VERSION"-*.whl | head -n 1)"
