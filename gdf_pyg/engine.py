@@ -484,8 +484,9 @@ class _Trainer:
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach())
             if hasattr(batches, "set_postfix"):
+                # refresh=False: the bar redraws at its own interval, with the step count up to date.
                 batches.set_postfix(loss=f"{sums['loss'] / n_steps:.4f}",
-                                    img_s=f"{n_images / (time.perf_counter() - t0):.0f}")
+                                    img_s=f"{n_images / (time.perf_counter() - t0):.0f}", refresh=False)
         elapsed = time.perf_counter() - t0
         stats = self._reduce({k: v / max(n_steps, 1) for k, v in sums.items()})
         images = n_images * self.ctx.world_size
