@@ -20,10 +20,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import base_parser, command_line, markdown_table, pyplot, write_results  # noqa: E402
 
-from gdf_pyg.config import GDFNetConfig, TrainConfig, apply_overrides  # noqa: E402
-from gdf_pyg.engine import build_run_data, cached_features  # noqa: E402
-from gdf_pyg.model import GDFNet  # noqa: E402
-from gdf_pyg.study import train_code_lengths  # noqa: E402
+from gdf_pyg.models.gdfnet import GDFNet, GDFNetConfig  # noqa: E402
+from gdf_pyg.training.config import TrainConfig  # noqa: E402
+from gdf_pyg.training.run import cached_features  # noqa: E402
+from gdf_pyg.training.run_data import build_run_data  # noqa: E402
+from gdf_pyg.training.study import train_code_lengths  # noqa: E402
+from gdf_pyg.utils.config_io import apply_overrides  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -76,7 +78,7 @@ def dataset_configs(quick: bool) -> Dict[str, Tuple[TrainConfig, str]]:
 
 def features_of(cfg: TrainConfig, cache: Path):
     probe = GDFNet(cfg.model)
-    data = build_run_data(cfg, probe.mean, probe.std)
+    data = build_run_data(cfg, probe.image_config)
     feats = cached_features(cfg, data, probe, torch.device("cpu"), cache)
     train, test = feats["train"], feats["test"]
     return train.values, data.train_labels[train.positions], test.values, data.test_labels[test.positions]

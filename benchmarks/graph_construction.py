@@ -19,9 +19,9 @@ from common import (  # noqa: E402
     time_call, write_results,
 )
 
-from gdf_pyg.graph import fully_connected_graph, grid_graph, knn_graph, radius_graph, select_backend  # noqa: E402
-from gdf_pyg.nodes import grid_positions  # noqa: E402
-from gdf_pyg.optional import has_faiss, has_torch_cluster  # noqa: E402
+from gdf_pyg.nn.graph import fully_connected_graph, grid_graph, knn_graph, radius_graph, select_backend  # noqa: E402
+from gdf_pyg.nn.nodes import grid_positions  # noqa: E402
+from gdf_pyg.utils.optional import has_faiss, has_torch_cluster  # noqa: E402
 
 # (nodes per image, images, dims): 7x7 / 14x14 / 28x28 maps, batch 8..64, dims 64..2048.
 FULL_CASES = [

@@ -21,9 +21,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import base_parser, barh_plot, command_line, device_label, markdown_table, resolve, write_results  # noqa: E402
 
-from gdf_pyg.index import HammingIndex, pack_codes  # noqa: E402
-from gdf_pyg.metrics import mean_average_precision  # noqa: E402
-from gdf_pyg.optional import has_faiss  # noqa: E402
+from gdf_pyg.retrieval.index import HammingIndex, pack_codes  # noqa: E402
+from gdf_pyg.retrieval.metrics import mean_average_precision  # noqa: E402
+from gdf_pyg.utils.optional import has_faiss  # noqa: E402
 
 
 def reference_map(qc: np.ndarray, dc: np.ndarray, ql: np.ndarray, dl: np.ndarray) -> float:

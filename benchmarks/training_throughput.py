@@ -21,7 +21,7 @@ from common import (  # noqa: E402
 )
 
 from gdf_pyg import GDFNet, GDFNetConfig  # noqa: E402
-from gdf_pyg.losses import GDFLoss  # noqa: E402
+from gdf_pyg.nn.losses import GDFLoss  # noqa: E402
 
 FULL = [
     # backbone, image size, batch, GDF variants (overrides of the model config)

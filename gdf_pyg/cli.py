@@ -15,9 +15,10 @@ log = logging.getLogger("gdf_pyg.cli")
 
 
 def _progress_factory(enabled: bool):
-    if not enabled:
-        from .engine import no_progress
+    """tqdm bars on a terminal; elsewhere (a log file, CI) none: the trainer logs one line per epoch."""
+    from .utils.progress import no_progress
 
+    if not (enabled and sys.stderr.isatty()):
         return no_progress
     from tqdm.auto import tqdm
 
@@ -41,7 +42,8 @@ def _setup_logging(verbose: bool) -> None:
 
 def _encoding(p: argparse.ArgumentParser) -> None:
     """Options of the commands that encode image folders."""
-    p.add_argument("--batch-size", type=int, default=32, help="images per encoding batch")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="images per encoding batch (default: the checkpoint's eval.batch_size)")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     p.add_argument("--skip-bad-images", action="store_true", help="skip unreadable images (logged and counted)")
 
@@ -55,9 +57,11 @@ def _common(p: argparse.ArgumentParser) -> None:
 # Commands.
 # --------------------------------------------------------------------------------------
 def cmd_train(args: argparse.Namespace) -> int:
-    from .config import ConfigError, TrainConfig, load_yaml
-    from .engine import train
-    from .report import metrics_table
+    from .training.config import TrainConfig
+    from .training.report import metrics_table
+    from .training.run import train
+    from .utils.checks import ConfigError
+    from .utils.config_io import load_yaml
 
     if args.resume:
         if args.config or args.overrides or args.preset:
@@ -91,42 +95,65 @@ def _checkpoints(paths: Sequence[str]) -> List[Path]:
     return out
 
 
-def cmd_eval(args: argparse.Namespace) -> int:
+def _eval_folders(args: argparse.Namespace, model, batch_size: int, progress):
+    """Codes and labels of explicit --query / --database folders."""
     import torch
 
-    from .config import TrainConfig, apply_overrides
-    from .engine import build_run_data, encode_dataset, evaluate_codes, load_model
-    from .report import metrics_table, write_reports
-    from .retrieval import collect_images, encode_records
+    from .retrieval.search import collect_images, encode_records
+
+    if not (args.query and args.database):
+        raise SystemExit("--query and --database go together")
+    db_records, classes = collect_images(args.database)
+    q_records, classes = collect_images(args.query, classes)
+    opts = dict(batch_size=batch_size, device=args.device, skip_bad=args.skip_bad_images, progress=progress)
+    db, db_keep, s1 = encode_records(model, db_records, **opts)
+    q, q_keep, s2 = encode_records(model, q_records, **opts)
+    db_labels = torch.tensor([db_records[i].label for i in db_keep])
+    q_labels = torch.tensor([q_records[i].label for i in q_keep])
+    return q, q_labels, db, db_labels, f"{args.query} vs {args.database}", len(classes), s1 + s2
+
+
+def _eval_run_data(args: argparse.Namespace, ckpt: Path, model, state, batch_size: int, progress):
+    """Codes and labels of the run's own test (queries) and training (database) splits."""
+    import torch
+
+    from .training.config import TrainConfig
+    from .training.encoding import encode_dataset
+    from .training.run_data import build_run_data, check_identity
+    from .utils.config_io import apply_overrides
+
+    cfg = TrainConfig.from_dict(apply_overrides(state["config"], args.overrides))
+    run_dir = ckpt.parent.parent
+    data = build_run_data(cfg, model.image_config, None if args.resplit else run_dir)
+    if not args.resplit and not args.overrides:
+        check_identity(run_dir, data)
+    device = torch.device(args.device)
+    opts = dict(num_workers=cfg.data.num_workers, progress=progress, skipped=data.skipped)
+    db_set = encode_dataset(model.encode, data.train_eval, batch_size, device, desc="encode database",
+                            paths=data.train_paths, **opts)
+    q_set = encode_dataset(model.encode, data.test_eval, batch_size, device, desc="encode queries",
+                           paths=data.test_paths, **opts)
+    return (q_set.values, data.test_labels[q_set.positions], db_set.values, data.train_labels[db_set.positions],
+            data.name, data.num_classes, data.skipped)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .retrieval.search import eval_batch_size
+    from .training.report import metrics_table, write_reports
+    from .training.run import evaluate_codes, load_model
 
     progress = _progress_factory(not args.no_progress)
     results: Dict[str, Any] = {}
     dataset_name, num_classes, skipped_all = "", 0, []
     for ckpt in _checkpoints(args.checkpoint):
         model, state = load_model(ckpt, args.device)
+        batch_size = args.batch_size or eval_batch_size(state)
         if args.query or args.database:
-            if not (args.query and args.database):
-                raise SystemExit("--query and --database go together")
-            db_records, classes = collect_images(args.database)
-            q_records, classes = collect_images(args.query, classes)
-            db, db_keep, s1 = encode_records(model, db_records, batch_size=args.batch_size, device=args.device,
-                                             skip_bad=args.skip_bad_images, progress=progress)
-            q, q_keep, s2 = encode_records(model, q_records, batch_size=args.batch_size, device=args.device,
-                                           skip_bad=args.skip_bad_images, progress=progress)
-            db_labels = torch.tensor([db_records[i].label for i in db_keep])
-            q_labels = torch.tensor([q_records[i].label for i in q_keep])
-            dataset_name, num_classes, skipped = f"{args.query} vs {args.database}", len(classes), s1 + s2
+            q, q_labels, db, db_labels, dataset_name, num_classes, skipped = _eval_folders(
+                args, model, batch_size, progress)
         else:
-            cfg = TrainConfig.from_dict(apply_overrides(state["config"], args.overrides))
-            data = build_run_data(cfg, model.mean, model.std)
-            bs = args.batch_size
-            db_set = encode_dataset(model.encode, data.train_eval, bs, torch.device(args.device), progress=progress,
-                                    desc="encode database", skipped=data.skipped, paths=data.train_paths)
-            q_set = encode_dataset(model.encode, data.test_eval, bs, torch.device(args.device), progress=progress,
-                                   desc="encode queries", skipped=data.skipped, paths=data.test_paths)
-            db, db_labels = db_set.values, data.train_labels[db_set.positions]
-            q, q_labels = q_set.values, data.test_labels[q_set.positions]
-            dataset_name, num_classes, skipped = data.name, data.num_classes, data.skipped
+            q, q_labels, db, db_labels, dataset_name, num_classes, skipped = _eval_run_data(
+                args, ckpt, model, state, batch_size, progress)
         report, curve = evaluate_codes(q, q_labels, db, db_labels, args.topk, args.radius)
         results[str(model.bits)] = {"bits": model.bits, "metrics": report, "pr_curve": curve.to_rows(),
                                     "checkpoint": str(ckpt), "queries": len(q), "database": len(db)}
@@ -141,7 +168,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_index(args: argparse.Namespace) -> int:
-    from .retrieval import build_index
+    from .retrieval.search import build_index
 
     saved = build_index(args.checkpoint, args.images, args.out, batch_size=args.batch_size, device=args.device,
                         skip_bad=args.skip_bad_images, progress=_progress_factory(not args.no_progress))
@@ -151,8 +178,8 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 
 def cmd_query(args: argparse.Namespace) -> int:
-    from .retrieval import query_index
-    from .visualize import draw_query_grid
+    from .retrieval.search import query_index
+    from .retrieval.visualize import draw_query_grid
 
     results = query_index(args.index, args.images, topk=args.topk, engine=args.engine, checkpoint=args.checkpoint,
                           device=args.device)
@@ -223,6 +250,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--database", default=None, help="folder of database images (one sub-folder per class)")
     p.add_argument("--topk", type=int, nargs="+", default=[100, 1000], help="k of mAP@k and P@k")
     p.add_argument("--radius", type=int, default=2, help="Hamming radius of P@r")
+    p.add_argument("--resplit", action="store_true",
+                   help="evaluate on the data as it is now: split image folders anew and skip the check that "
+                        "the files are those the run recorded (RUN_DIR/dataset.json)")
     _encoding(p)
     p.add_argument("overrides", nargs="*", metavar="key=value", help="overrides of the checkpoint's config (data.*)")
     _common(p)
@@ -257,16 +287,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from .backbone import WeightsUnavailableError
-    from .checkpoint import CheckpointError
-    from .config import ConfigError
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
     from .data import BadImageError, DatasetLayoutError
-    from .engine import TrainingDivergedError
+    from .nn.backbone import WeightsUnavailableError
+    from .training.checkpoint import CheckpointError
+    from .training.trainer import TrainingDivergedError
+    from .utils.checks import ConfigError
 
     args = build_parser().parse_args(argv)
     _setup_logging(args.verbose)
     try:
-        return args.func(args)
+        # Log lines go through tqdm while bars are drawn, so the two never interleave.
+        with logging_redirect_tqdm():
+            return args.func(args)
     except (ConfigError, DatasetLayoutError, BadImageError, CheckpointError, WeightsUnavailableError,
             TrainingDivergedError, FileNotFoundError) as err:
         log.error("%s", err)

@@ -5,9 +5,10 @@ import logging
 from pathlib import Path
 from typing import Any, Dict
 
-from .config import TrainConfig
-from .engine import Progress, no_progress, train
-from .report import comparison_table, plot_pr_curves
+from .training.config import TrainConfig
+from .training.report import comparison_table, plot_pr_curves
+from .training.run import train
+from .utils.progress import Progress, no_progress
 
 log = logging.getLogger(__name__)
 

@@ -27,6 +27,15 @@ needs_birds = pytest.mark.skipif(
 # A timm architecture small enough to build and run in milliseconds, without weights.
 TINY_BACKBONE = "test_efficientnet"
 
+# Overrides for the smallest real training run on an image folder (see ``folder_root``):
+# the tiny backbone at 64 px, a 3-NN graph of 16 channels, batches of 4, on the CPU.
+TINY_RUN = [
+    "data.dataset=folder", "data.val_fraction=0.25", "data.query_fraction=0.2",
+    f"model.backbone.name={TINY_BACKBONE}", "model.backbone.pretrained=false", "model.img_size=64",
+    "model.graph.k=3", "model.aggregation.hidden_channels=16", "optim.batch_size=4", "train.device=cpu",
+    "eval.topks=[5]",
+]
+
 
 @pytest.fixture(autouse=True)
 def _seed() -> None:

@@ -8,16 +8,11 @@ import torch
 from PIL import Image
 
 from gdf_pyg.cli import build_parser, main
-from gdf_pyg.retrieval import query_index
+from gdf_pyg.retrieval.search import query_index
 
-from .conftest import TINY_BACKBONE
+from .conftest import TINY_BACKBONE, TINY_RUN
 
-TINY = [
-    "data.dataset=folder", "data.val_fraction=0.25", "data.query_fraction=0.2",
-    f"model.backbone.name={TINY_BACKBONE}", "model.backbone.pretrained=false", "model.img_size=64",
-    "model.graph.k=3", "model.aggregation.hidden_channels=16", "optim.epochs=2", "optim.batch_size=4",
-    "train.device=cpu", "eval.topks=[5]",
-]
+TINY = [*TINY_RUN, "optim.epochs=2"]
 
 
 @pytest.mark.parametrize("frozen", [False, True])
@@ -102,7 +97,7 @@ def test_demo_quick(tmp_path, capsys):
 
 
 def test_init_from_starts_from_an_earlier_run(tmp_path, folder_root, caplog):
-    from gdf_pyg.engine import load_model
+    from gdf_pyg.training import load_model
 
     first = tmp_path / "frozen"
     assert main(["train", "--out", str(first), "--no-progress", f"data.root={folder_root}", "train.bits=[12]",

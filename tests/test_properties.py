@@ -6,11 +6,11 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gdf_pyg.graph import fully_connected_graph, knn_graph, radius_graph
-from gdf_pyg.metrics import mean_average_precision, precision_at_k
-from gdf_pyg.optional import has_torch_cluster
+from gdf_pyg.nn.graph import fully_connected_graph, knn_graph, radius_graph
+from gdf_pyg.retrieval.metrics import mean_average_precision, precision_at_k
+from gdf_pyg.utils.optional import has_torch_cluster
 
-from .test_metrics import reference_map
+from .retrieval.test_metrics import reference_map
 
 SETTINGS = settings(max_examples=40, deadline=None)
 

@@ -14,11 +14,12 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from .config import DataConfig
 from .records import DatasetLayoutError, ImageRecord, RetrievalSplits, stratified_split
 
 log = logging.getLogger(__name__)
 
-__all__ = ["IMAGE_SUFFIXES", "read_cars", "read_cub", "read_dogs", "read_image_folder"]
+__all__ = ["IMAGE_SUFFIXES", "read_cars", "read_cub", "read_dogs", "read_image_folder", "read_splits", "write_split"]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -254,3 +255,26 @@ def write_split(splits: RetrievalSplits, root: Path | str, path: Path | str) -> 
         "validation": [str(r.path.relative_to(root)) for r in splits.val],
     }
     Path(path).write_text(json.dumps(data, indent=1))
+
+
+def read_splits(cfg: DataConfig, split_file: Optional[Path] = None) -> RetrievalSplits:
+    """The train (database) / test (query) records of a file-based dataset, with the
+    validation split carved out of train."""
+    if cfg.dataset == "synthetic":
+        raise ValueError("the synthetic dataset has no files; use SyntheticFineGrained")
+    root = Path(cfg.root).expanduser()
+    if cfg.dataset == "cub":
+        splits = read_cub(root)
+    elif cfg.dataset == "dogs":
+        splits = read_dogs(root)
+    elif cfg.dataset == "cars":
+        splits = read_cars(root)
+    else:
+        splits = read_image_folder(root, query_fraction=cfg.query_fraction, seed=cfg.split_seed, split_file=split_file)
+    if cfg.max_classes is not None and cfg.max_classes < splits.num_classes:
+        splits = splits.first_classes(cfg.max_classes)
+    for name in ("train", "test"):
+        if not getattr(splits, name):
+            raise DatasetLayoutError(f"dataset {cfg.dataset!r} at {str(root)!r} has no {name} images")
+    splits.carve_validation(cfg.val_fraction, cfg.split_seed)
+    return splits

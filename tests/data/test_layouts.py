@@ -21,6 +21,7 @@ from gdf_pyg.data import (
 )
 
 from ..conftest import BIRDS, needs_birds
+from .test_transforms import image_config
 
 
 def test_cub(cub_root):
@@ -30,7 +31,7 @@ def test_cub(cub_root):
     rec = s.train[0]
     assert rec.path == cub_root / "images/001.Black_footed_Albatross/Black_footed_Albatross_0000.jpg"
     assert rec.label == 0 and rec.bbox == (2.0, 3.0, 22.0, 18.0)
-    img = ImageRecordDataset(s.train, eval_transform(16, (0.5,) * 3, (0.5,) * 3), use_bbox=True)[0][0]
+    img = ImageRecordDataset(s.train, eval_transform(image_config(16)), use_bbox=True)[0][0]
     assert img.shape == (3, 16, 16)
 
 
@@ -110,7 +111,7 @@ def test_bad_images_stop_or_skip(folder_root):
     bad.write_bytes(bad.read_bytes()[:200])  # truncated JPEG
     s = read_image_folder(folder_root)
     records = [r for r in s.train + s.test if r.path.parent.name == "BLUE JAY"]
-    tf = eval_transform(16, (0.5,) * 3, (0.5,) * 3)
+    tf = eval_transform(image_config(16))
     strict = ImageRecordDataset(records, tf)
     with pytest.raises(BadImageError, match=r"BLUE JAY/3.jpg.*skip_bad_images=true"):
         [strict[i] for i in range(len(records))]
@@ -125,7 +126,7 @@ def test_shared_birds_folder():
     s = read_image_folder(BIRDS, query_fraction=0.2, seed=0)
     assert s.num_classes == 525 and len(s.train) == 2100 and len(s.test) == 525
     assert "PLUSH CRESTED JAY" in s.classes
-    ds = ImageRecordDataset(s.test[:4], eval_transform(32, (0.5,) * 3, (0.5,) * 3))
+    ds = ImageRecordDataset(s.test[:4], eval_transform(image_config(32)))
     assert torch.stack([ds[i][0] for i in range(4)]).shape == (4, 3, 32, 32)
 
 

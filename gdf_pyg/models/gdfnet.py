@@ -1,0 +1,246 @@
+r"""GDF-Net: backbone -> region nodes -> graph aggregation -> semantic hash layer."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import Tensor, nn
+
+from ..nn.aggregation import AggregationConfig, GraphAggregation
+from ..nn.backbone import BackboneConfig, FeatureBackbone
+from ..nn.graph import GraphBuilder, GraphConfig
+from ..nn.hash import HashHead
+from ..nn.nodes import NodesConfig, make_nodes
+from ..presets import load_preset_dict
+from ..utils.checks import choice, require
+from ..utils.codes import binarize
+from ..utils.config_io import apply_overrides, from_dict, load_yaml, to_dict
+
+log = logging.getLogger(__name__)
+
+__all__ = ["GDFNet", "GDFNetConfig", "GDFOutput", "RegionGraphEncoder"]
+
+
+@dataclass
+class GDFNetConfig:
+    """Everything that defines a :class:`GDFNet`.
+
+    ``head`` is ``"gdf"`` (region nodes, graph aggregation, fused with the global branch)
+    or ``"global"`` (global average pooling only: the no-graph baseline with the same
+    hash layer).
+    """
+
+    head: str = "gdf"
+    bits: int = 32
+    num_classes: int = 200
+    img_size: int = 448
+    fuse_global: bool = True
+    hash_dropout: float = 0.0
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    nodes: NodesConfig = field(default_factory=NodesConfig)
+    graph: GraphConfig = field(default_factory=GraphConfig)
+    aggregation: AggregationConfig = field(default_factory=AggregationConfig)
+
+    def validate(self, prefix: str = "model") -> None:
+        choice(self.head, ("gdf", "global"), f"{prefix}.head")
+        require(self.bits >= 1, f"{prefix}.bits", f"must be a positive number of bits, got {self.bits}")
+        require(self.num_classes >= 1, f"{prefix}.num_classes", f"must be >= 1, got {self.num_classes}")
+        require(self.img_size >= 16, f"{prefix}.img_size", f"must be >= 16 pixels, got {self.img_size}")
+        require(0.0 <= self.hash_dropout < 1.0, f"{prefix}.hash_dropout", f"must be in [0, 1), got {self.hash_dropout}")
+        self.backbone.validate(f"{prefix}.backbone")
+        self.nodes.validate(f"{prefix}.nodes")
+        self.graph.validate(f"{prefix}.graph")
+        self.aggregation.validate(f"{prefix}.aggregation")
+        if self.head == "gdf" and self.graph.method == "grid":
+            require(self.nodes.kind == "spatial", f"{prefix}.graph.method",
+                    "'grid' needs spatial nodes (model.nodes.kind=spatial)")
+
+    def check_nodes(self, nodes_per_graph: int, prefix: str = "model") -> None:
+        """Checks the kNN size against the node count known once the backbone is built."""
+        if self.head != "gdf" or self.graph.method not in ("knn", "dynamic", "spatial_knn"):
+            return
+        limit = nodes_per_graph if self.graph.loop else nodes_per_graph - 1
+        source = (f"{prefix}.nodes.num_parts={self.nodes.num_parts}" if self.nodes.kind == "parts"
+                  else f"spatial nodes at {prefix}.img_size={self.img_size}, {prefix}.nodes.grid_size={self.nodes.grid_size}")
+        require(self.graph.k <= limit, f"{prefix}.graph.k",
+                f"k={self.graph.k} must be below the {nodes_per_graph} nodes per image ({source})")
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], prefix: str = "model") -> "GDFNetConfig":
+        cfg = from_dict(cls, data, prefix)
+        cfg.validate(prefix)
+        return cfg
+
+    @classmethod
+    def from_yaml(cls, path: Union[str, Path], overrides: Sequence[str] = ()) -> "GDFNetConfig":
+        """Reads a model config; a file with a top-level ``model`` section (a training
+        config) is read from that section."""
+        data = load_yaml(path)
+        if "model" in data and isinstance(data["model"], dict):
+            data = data["model"]
+        return cls.from_dict(apply_overrides(data, overrides))
+
+    @classmethod
+    def preset(cls, name: str, overrides: Sequence[str] = ()) -> "GDFNetConfig":
+        """The model section of a shipped preset (``"paper"``, ``"cpu"``, ``"demo"``)."""
+        return cls.from_dict(apply_overrides(load_preset_dict(name).get("model", {}), overrides))
+
+    def to_dict(self) -> Dict[str, Any]:
+        return to_dict(self)
+
+
+class GDFOutput(NamedTuple):
+    """What :meth:`GDFNet.forward` returns.
+
+    Attributes:
+        codes: tanh-relaxed hash codes :math:`(B, K)` in :math:`(-1, 1)`.
+        logits: class scores computed from the codes :math:`(B, C)`.
+        features: the fused image features fed to the hash layer :math:`(B, D)`.
+    """
+
+    codes: Tensor
+    logits: Tensor
+    features: Tensor
+
+
+class RegionGraphEncoder(nn.Module):
+    r"""Everything between the backbone and the hash layer: feature map to image features.
+
+    ``head="gdf"``: region nodes, graph aggregation and (``fuse_global``) concatenation with
+    the globally average-pooled map; ``head="global"``: the pooled map alone.
+
+    Shapes:
+        - **input:** feature map :math:`(B, C, H, W)`
+        - **output:** image features :math:`(B, D)`, :math:`D` = :attr:`out_channels`
+    """
+
+    def __init__(self, config: GDFNetConfig, channels: int, feature_size: Tuple[int, int]) -> None:
+        super().__init__()
+        self.fuse_global = config.fuse_global
+        self.nodes: Optional[nn.Module] = None
+        self.aggregation: Optional[GraphAggregation] = None
+        if config.head == "gdf":
+            nc, ac = config.nodes, config.aggregation
+            self.nodes = make_nodes(nc, channels)
+            config.check_nodes(self.nodes.num_nodes(feature_size))
+            self.aggregation = GraphAggregation(
+                channels, ac.hidden_channels, ac.num_layers, conv=ac.conv, graph=GraphBuilder.from_config(config.graph),
+                norm=ac.norm, act=ac.act, dropout=ac.dropout, residual=ac.residual, readout=ac.readout,
+                conv_kwargs={"heads": ac.heads} if ac.conv == "gat" else None,
+            )
+            self.out_channels = self.aggregation.out_channels + (channels if self.fuse_global else 0)
+        else:
+            self.out_channels = channels
+
+    def forward(self, fmap: Tensor) -> Tensor:
+        pooled = fmap.mean(dim=(2, 3))
+        if self.aggregation is None:
+            return pooled
+        nodes = self.nodes(fmap)
+        graph_feat, _ = self.aggregation(nodes.x, nodes.batch, nodes.pos, nodes.grid_size, nodes.num_graphs)
+        return torch.cat([graph_feat, pooled], dim=1) if self.fuse_global else graph_feat
+
+
+class GDFNet(nn.Module):
+    r"""Graph-based Discriminative Features network for fine-grained hashing
+    (Sun, Lang, Xu, Liu, Zhou, Signal Processing: Image Communication 110, 2022).
+
+    .. code-block:: text
+
+        images -> backbone stage -> feature map F (B, C, H, W)
+            -> region nodes (cells or attention parts) -> graph (kNN, grid, ...)
+            -> message passing (GraphAggregation) -> readout g (B, D_g)
+            -> [g || GAP(F)] -> hash layer -> codes h (B, K) -> classifier (B, C_cls)
+
+    With ``head="global"`` the graph branch is skipped: ``GAP(F)`` feeds the same hash
+    head (the no-graph baseline).
+
+    Args:
+        config (GDFNetConfig): the model's configuration; validated here.
+
+    Shapes:
+        - **input:** images :math:`(B, 3, S, S)` normalised with :attr:`mean` / :attr:`std`
+        - **output:** :class:`GDFOutput` (codes :math:`(B, K)`, logits, features)
+    """
+
+    def __init__(self, config: Optional[GDFNetConfig] = None) -> None:
+        super().__init__()
+        config = config or GDFNetConfig()
+        config.validate()
+        self.config = config
+        bb = config.backbone
+        self.backbone = FeatureBackbone(bb.name, pretrained=bb.pretrained, weights_file=bb.weights_file,
+                                        out_index=bb.out_index)
+        self.feature_size = self.backbone.feature_size(config.img_size)
+        self.encoder = RegionGraphEncoder(config, self.backbone.channels, self.feature_size)
+        self.feature_dim = self.encoder.out_channels
+        self.head = HashHead(self.feature_dim, config.bits, config.num_classes, config.hash_dropout)
+
+    @property
+    def aggregation(self) -> Optional[GraphAggregation]:
+        return self.encoder.aggregation
+
+    @property
+    def image_config(self) -> Dict[str, Any]:
+        """timm's data config of the backbone at ``config.img_size``: interpolation, crop
+        fraction, mean and std of the input transform."""
+        return self.backbone.image_config(self.config.img_size)
+
+    @property
+    def mean(self) -> Tuple[float, ...]:
+        return tuple(self.image_config["mean"])
+
+    @property
+    def std(self) -> Tuple[float, ...]:
+        return tuple(self.image_config["std"])
+
+    @property
+    def bits(self) -> int:
+        return self.config.bits
+
+    def head_modules(self) -> nn.ModuleList:
+        """Everything after the backbone (trained alone in frozen-backbone mode)."""
+        return nn.ModuleList([self.encoder, self.head])
+
+    def forward_features(self, images: Tensor) -> Tensor:
+        """Backbone feature map :math:`(B, C, H, W)`."""
+        if images.dim() != 4 or images.size(1) != 3:
+            raise ValueError(f"expected images of shape (B, 3, H, W), got {tuple(images.shape)}")
+        return self.backbone(images)
+
+    def forward_head(self, fmap: Tensor) -> GDFOutput:
+        """Everything after the backbone, from a (possibly cached) feature map."""
+        features = self.encoder(fmap)
+        codes, logits = self.head(features)
+        return GDFOutput(codes, logits, features)
+
+    def forward(self, images: Tensor) -> GDFOutput:
+        return self.forward_head(self.forward_features(images))
+
+    @torch.no_grad()
+    def encode(self, images: Tensor) -> Tensor:
+        r"""Binary codes :math:`(B, K)` in :math:`\{-1, +1\}` (evaluation mode, no gradient)."""
+        was_training = self.training
+        self.eval()
+        try:
+            return binarize(self(images).codes)
+        finally:
+            self.train(was_training)
+
+    @torch.no_grad()
+    def encode_features(self, fmap: Tensor) -> Tensor:
+        r"""Binary codes from cached feature maps (evaluation mode)."""
+        was_training = self.training
+        self.eval()
+        try:
+            return binarize(self.forward_head(fmap).codes)
+        finally:
+            self.train(was_training)
+
+    def __repr__(self) -> str:
+        c = self.config
+        graph = "none" if self.aggregation is None else f"{c.nodes.kind} nodes, {c.graph.method} graph, {c.aggregation.conv}"
+        return f"{self.__class__.__name__}({self.backbone!r}, {graph}, bits={c.bits}, num_classes={c.num_classes})"

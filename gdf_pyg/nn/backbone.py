@@ -1,0 +1,165 @@
+"""timm backbones: creation with hub or local weights, and one feature stage as output."""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, Optional, Tuple
+
+import timm
+from timm.data import resolve_data_config
+import torch
+from torch import Tensor, nn
+
+log = logging.getLogger(__name__)
+
+from ..utils.checks import require
+
+__all__ = ["BackboneConfig", "FeatureBackbone", "WeightsUnavailableError", "create_timm_model"]
+
+WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
+
+
+class _DropUnusedHeadWeights(logging.Filter):
+    """Hides timm's note that a feature extractor leaves the classifier's weights unused
+    (expected when cutting the head off); missing weights are still reported."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Unexpected keys")
+
+
+@dataclass
+class BackboneConfig:
+    """The timm backbone and the feature stage the nodes come from."""
+
+    name: str = "resnet50"
+    pretrained: bool = True
+    weights_file: Optional[str] = None
+    out_index: int = -1
+
+    def validate(self, prefix: str = "model.backbone") -> None:
+        require(timm.is_model(self.name), f"{prefix}.name", f"{self.name!r} is not a timm model (see timm.list_models())")
+        if self.weights_file is not None:
+            require(Path(self.weights_file).expanduser().is_file(), f"{prefix}.weights_file",
+                    f"{self.weights_file!r} does not exist")
+
+
+class WeightsUnavailableError(RuntimeError):
+    """Pretrained weights could be read neither from a local file nor from timm's hub."""
+
+
+def create_timm_model(
+    name: str,
+    *,
+    pretrained: bool = True,
+    weights_file: Optional[str | os.PathLike] = None,
+    **kwargs: Any,
+) -> nn.Module:
+    """``timm.create_model`` with weights from a local file or, failing that, timm's hub.
+
+    Args:
+        name: a timm architecture, e.g. ``"resnet50"`` or ``"tf_efficientnet_lite0"``.
+        pretrained: load pretrained weights. With ``weights_file`` they come from that file;
+            otherwise from timm's hub (needs a network or a filled cache).
+        weights_file: a ``.safetensors`` file or a ``torch.save``'d state dict (loaded with
+            ``weights_only=True``) holding the weights of ``name``.
+        **kwargs: passed on to ``timm.create_model`` (``features_only``, ``out_indices``, ...).
+
+    Raises:
+        FileNotFoundError: ``weights_file`` does not exist.
+        WeightsUnavailableError: the hub could not be reached and no local file was given.
+    """
+    if not timm.is_model(name):
+        raise ValueError(f"unknown timm model {name!r}; see timm.list_models() for the available names")
+    if weights_file is not None:
+        path = Path(weights_file).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"weights_file {str(path)!r} does not exist (expected a .safetensors file or a state dict)")
+        if path.suffix not in WEIGHT_SUFFIXES:
+            raise ValueError(f"weights_file {str(path)!r}: expected one of {WEIGHT_SUFFIXES}")
+        log.info("loading %s weights from %s", name, path)
+        return timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), **kwargs)
+    if not pretrained:
+        return timm.create_model(name, pretrained=False, **kwargs)
+    try:
+        return timm.create_model(name, pretrained=True, **kwargs)
+    except Exception as err:  # network, cache and hub errors all surface differently
+        raise WeightsUnavailableError(
+            f"could not fetch pretrained weights for {name!r} from timm's hub ({type(err).__name__}: {err}). "
+            f"Download them where a network is available and pass weights_file=PATH "
+            f"(a .safetensors file or a state dict), or set pretrained=False."
+        ) from err
+
+
+class FeatureBackbone(nn.Module):
+    r"""One feature stage of a timm model, for region nodes.
+
+    Channels and stride are read from timm's ``feature_info``; the input transform
+    (interpolation, crop, normalisation) from the model's ``pretrained_cfg``.
+
+    Args:
+        name (str): timm architecture.
+        pretrained (bool): load pretrained weights (see :func:`create_timm_model`).
+            (default: :obj:`True`)
+        weights_file (str, optional): local weights. (default: :obj:`None`)
+        out_index (int): feature stage, as timm's ``out_indices`` (negative counts from the
+            deepest). (default: :obj:`-1`)
+
+    Shapes:
+        - **input:** images :math:`(B, 3, H, W)`, normalised with :attr:`mean`, :attr:`std`
+        - **output:** feature map :math:`(B, C, \lceil H / r \rceil, \lceil W / r \rceil)`
+          with :math:`C` = :attr:`channels`, :math:`r` = :attr:`reduction`
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        pretrained: bool = True,
+        weights_file: Optional[str] = None,
+        out_index: int = -1,
+    ) -> None:
+        super().__init__()
+        self.name = name
+        self.out_index = out_index
+        builder_log = logging.getLogger("timm.models._builder")
+        quiet = _DropUnusedHeadWeights()
+        builder_log.addFilter(quiet)
+        try:
+            self.model = create_timm_model(
+                name, pretrained=pretrained, weights_file=weights_file, features_only=True, out_indices=(out_index,)
+            )
+        finally:
+            builder_log.removeFilter(quiet)
+        self.model.to(memory_format=torch.channels_last)
+        info = self.model.feature_info
+        self.channels: int = int(info.channels()[-1])
+        self.reduction: int = int(info.reduction()[-1])
+        # Input size, interpolation, crop, mean and std the weights were trained with; the image
+        # transforms are built from it (gdf_pyg.data.transforms).
+        self.pretrained_cfg: Dict[str, Any] = dict(self.model.pretrained_cfg or {})
+
+    def image_config(self, img_size: int) -> Dict[str, Any]:
+        """timm's data config (``input_size``, ``interpolation``, ``mean``, ``std``, ``crop_pct``,
+        ``crop_mode``) of this backbone's weights, at ``img_size`` pixels."""
+        return resolve_data_config({"input_size": (3, img_size, img_size)}, pretrained_cfg=self.pretrained_cfg)
+
+    def feature_size(self, img_size: int) -> Tuple[int, int]:
+        """Spatial size of the feature map for square ``img_size`` inputs."""
+        with torch.no_grad():
+            was_training = self.training
+            self.eval()
+            h, w = self.model(torch.zeros(1, 3, img_size, img_size))[-1].shape[-2:]
+            self.train(was_training)
+        return int(h), int(w)
+
+    def forward(self, images: Tensor) -> Tensor:
+        # channels-last runs the convolutions (depthwise ones above all) markedly faster on CPU.
+        return self.model(images.contiguous(memory_format=torch.channels_last))[-1]
+
+    def __repr__(self) -> str:
+        return (
+            f"{self.__class__.__name__}({self.name!r}, out_index={self.out_index}, "
+            f"channels={self.channels}, reduction={self.reduction})"
+        )

@@ -1,0 +1,140 @@
+"""The training run's configuration: model, data, optimiser, losses, training and evaluation.
+
+Each section is a dataclass that lives beside the code it configures (the model's in
+:mod:`gdf_pyg.models.gdfnet` and :mod:`gdf_pyg.nn`, the data's in :mod:`gdf_pyg.data`, the
+losses' in :mod:`gdf_pyg.nn.losses`); :class:`TrainConfig` puts them together and reads them
+from a preset, a YAML file and dotted overrides, checking every value before work starts.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
+
+from ..data.config import DataConfig
+from ..models.gdfnet import GDFNetConfig
+from ..nn.losses import LossWeights
+from ..presets import load_preset_dict
+from ..utils.checks import ConfigError, choice, require
+from ..utils.config_io import apply_overrides, from_dict, load_yaml, merge, to_dict
+
+__all__ = ["ConfigError", "EvalConfig", "OptimConfig", "TrainConfig", "TrainSection"]
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with per-step warm-up and cosine (or step, or constant) decay."""
+
+    epochs: int = 30
+    batch_size: int = 32
+    lr: float = 1e-3
+    backbone_lr: float = 1e-4
+    weight_decay: float = 5e-4
+    scheduler: str = "cosine"
+    warmup_epochs: float = 0.0
+    grad_clip: float = 0.0
+
+    def validate(self, prefix: str = "optim") -> None:
+        require(self.epochs >= 1, f"{prefix}.epochs", f"must be >= 1, got {self.epochs}")
+        require(self.batch_size >= 2, f"{prefix}.batch_size", f"must be >= 2 (the losses compare codes in a batch), got {self.batch_size}")
+        require(self.lr > 0, f"{prefix}.lr", f"must be > 0, got {self.lr}")
+        require(self.backbone_lr >= 0, f"{prefix}.backbone_lr", f"must be >= 0, got {self.backbone_lr}")
+        require(self.weight_decay >= 0, f"{prefix}.weight_decay", f"must be >= 0, got {self.weight_decay}")
+        choice(self.scheduler, ("cosine", "step", "none"), f"{prefix}.scheduler")
+        require(0 <= self.warmup_epochs < self.epochs, f"{prefix}.warmup_epochs",
+                 f"must be in [0, epochs={self.epochs}), got {self.warmup_epochs}")
+        require(self.grad_clip >= 0, f"{prefix}.grad_clip", f"must be >= 0 (0 = off), got {self.grad_clip}")
+
+
+@dataclass
+class TrainSection:
+    """What to train and where: code lengths, frozen backbone, device, precision, seed.
+
+    ``init_from`` names an earlier run directory whose ``bits<K>/best.pt`` weights start the
+    model of each code length (e.g. fine-tune end to end after a frozen-backbone run).
+    ``freeze_backbone_bn`` keeps the backbone's batch-norm statistics at their pretrained
+    values while it is fine-tuned (small batches estimate them poorly).
+    """
+
+    bits: List[int] = field(default_factory=lambda: [12, 24, 32, 48])
+    frozen_backbone: bool = False
+    amp: bool = False
+    seed: int = 0
+    device: str = "auto"
+    eval_every: int = 1
+    cache_dir: Optional[str] = None
+    feature_flip: bool = True
+    init_from: Optional[str] = None
+    freeze_backbone_bn: bool = True
+
+    def validate(self, prefix: str = "train") -> None:
+        require(len(self.bits) >= 1, f"{prefix}.bits", "needs at least one code length")
+        for i, b in enumerate(self.bits):
+            require(b >= 1, f"{prefix}.bits[{i}]", f"must be a positive number of bits, got {b}")
+        require(len(set(self.bits)) == len(self.bits), f"{prefix}.bits", f"has repeated code lengths: {self.bits}")
+        require(self.device in ("auto", "cpu") or self.device.startswith("cuda"), f"{prefix}.device",
+                 f"expected 'auto', 'cpu' or 'cuda[:N]', got {self.device!r}")
+        require(self.eval_every >= 1, f"{prefix}.eval_every", f"must be >= 1, got {self.eval_every}")
+        if self.init_from is not None:
+            run = Path(self.init_from).expanduser()
+            missing = [b for b in self.bits if not (run / f"bits{b}" / "best.pt").is_file()]
+            require(not missing, f"{prefix}.init_from",
+                     f"{self.init_from!r} must be a run directory with bits<K>/best.pt for every code length; "
+                     f"missing for {missing}")
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation: the encoding batch size and the metrics reported besides mAP@all.
+
+    Training's evaluation and ``gdf-pyg eval`` encode in batches of ``batch_size`` in
+    float32, so both compute the same codes.
+    """
+
+    topks: List[int] = field(default_factory=lambda: [100, 1000])
+    radius: int = 2
+    batch_size: int = 32
+
+    def validate(self, prefix: str = "eval") -> None:
+        require(self.batch_size >= 1, f"{prefix}.batch_size", f"must be >= 1, got {self.batch_size}")
+        for i, k in enumerate(self.topks):
+            require(k >= 1, f"{prefix}.topks[{i}]", f"must be >= 1, got {k}")
+        require(self.radius >= 0, f"{prefix}.radius", f"must be >= 0, got {self.radius}")
+
+
+@dataclass
+class TrainConfig:
+    """A whole training run: model, data, optimiser, losses, training and evaluation."""
+
+    model: GDFNetConfig = field(default_factory=GDFNetConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    loss: LossWeights = field(default_factory=LossWeights)
+    train: TrainSection = field(default_factory=TrainSection)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def validate(self) -> None:
+        self.model.validate("model")
+        self.data.validate("data")
+        self.optim.validate("optim")
+        self.train.validate("train")
+        self.eval.validate("eval")
+        self.loss.validate("loss")
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "TrainConfig":
+        cfg = from_dict(cls, data)
+        cfg.validate()
+        return cfg
+
+    @classmethod
+    def load(cls, path: Optional[Union[str, Path]] = None, overrides: Sequence[str] = (),
+             preset: Optional[str] = None) -> "TrainConfig":
+        """A preset and/or a YAML file (the file's keys win), then dotted overrides."""
+        data: Dict[str, Any] = load_preset_dict(preset) if preset else {}
+        if path is not None:
+            data = merge(data, load_yaml(path))
+        return cls.from_dict(apply_overrides(data, overrides))
+
+    def to_dict(self) -> Dict[str, Any]:
+        return to_dict(self)

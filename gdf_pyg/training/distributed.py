@@ -1,0 +1,76 @@
+r"""Multi-process training with PyTorch DDP (``torchrun``): gloo on CPU, nccl on GPU.
+
+Every process sees the same seeded order of the data and takes its own contiguous shard of
+each global batch (``optim.batch_size`` is the global batch). The losses are computed on the
+outputs gathered from every process and batch normalisation uses global statistics
+(:mod:`gdf_pyg.nn.sync`), so :math:`W` processes compute the gradients of one process on
+the whole global batch, also when shards differ in size (skipped images, an uneven last
+batch). Every process takes part in every collective; evaluation is sharded across processes
+and gathered, so no process waits inside a collective while another works alone.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import List, Optional
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from ..nn.sync import all_gather_cat, is_distributed
+
+log = logging.getLogger(__name__)
+
+__all__ = ["DistContext", "barrier", "gather_rows", "init_distributed", "is_distributed"]
+
+
+@dataclass
+class DistContext:
+    """This process's place in the job."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def active(self) -> bool:
+        return self.world_size > 1
+
+    def shard(self, items: int) -> slice:
+        """This process's contiguous share of ``items`` (sizes differ by at most one)."""
+        base, extra = divmod(items, self.world_size)
+        start = self.rank * base + min(self.rank, extra)
+        return slice(start, start + base + (self.rank < extra))
+
+
+def init_distributed(device: torch.device) -> DistContext:
+    """Joins the process group that ``torchrun`` describes in the environment (``WORLD_SIZE``,
+    ``RANK``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``); a single process otherwise."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistContext()
+    if not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend=backend)
+        log.info("joined process group: rank %d of %d (%s)", dist.get_rank(), dist.get_world_size(), backend)
+    return DistContext(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def barrier(ctx: DistContext) -> None:
+    """Waits for every process (nothing in a single process)."""
+    if ctx.active:
+        dist.barrier()
+
+
+def gather_rows(tensors: List[Tensor], device: Optional[torch.device] = None) -> List[Tensor]:
+    """Each tensor concatenated over processes in rank order (shards of any size), on the CPU."""
+    if not is_distributed():
+        return [t.cpu() for t in tensors]
+    with torch.no_grad():
+        return [all_gather_cat(t.to(device) if device is not None else t).cpu() for t in tensors]

@@ -1,0 +1,166 @@
+"""Encoding datasets with a model: codes or backbone features, batch by batch, in float32.
+
+Training's evaluation, ``gdf-pyg eval`` and ``gdf-pyg index`` all encode through
+:func:`encode_dataset`, in the same batches and the same precision, so the codes a run reports
+are the codes it deploys. Several processes share the batches and gather the results.
+The frozen-backbone feature cache keeps the batch of each row, so codes computed from cached
+features (:func:`encode_cached`) replay exactly the batches of encoding from images.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from ..data.records import collate_skipping_bad
+from ..utils.progress import Progress, no_progress
+from .checkpoint import save_checkpoint
+from .distributed import DistContext, gather_rows
+
+log = logging.getLogger(__name__)
+
+__all__ = ["EncodedSet", "encode_cached", "encode_dataset", "load_feature_cache", "readable_batches",
+           "save_feature_cache"]
+
+
+@dataclass
+class EncodedSet:
+    """Values (codes or feature maps) of the readable items of a dataset.
+
+    ``positions`` are the items' positions in the dataset, ``batches`` the encoding batch each
+    row came from (rows of one batch were computed together).
+    """
+
+    values: Tensor
+    positions: Tensor
+    batches: Tensor
+
+    def select(self, keep: Tensor) -> "EncodedSet":
+        return EncodedSet(self.values[keep], self.positions[keep], self.batches[keep])
+
+
+def readable_batches(loader: DataLoader, skipped: Optional[List[str]], paths: Optional[Sequence[str]] = None
+                     ) -> Iterator[Tuple[Tensor, Tensor, Tensor]]:
+    """``(images, labels, positions)`` of a loader over a skip-bad dataset; images skipped as
+    unreadable are logged and appended to ``skipped``. A batch of unreadable images only is
+    yielded empty, so every process sees the same number of batches."""
+    for images, labels, indices, bad in loader:
+        for i in bad:
+            path = paths[i] if paths is not None else f"item {i}"
+            log.warning("skipped unreadable image %s", path)
+            if skipped is not None:
+                skipped.append(path)
+        yield images, labels, indices
+
+
+def _batch_plan(n: int, batch_size: int, ctx: DistContext) -> Tuple[List[List[int]], int]:
+    """This process's share of the batches ``[0, B), [B, 2B), ...`` and the first one's number."""
+    batches = [list(range(s, min(s + batch_size, n))) for s in range(0, n, batch_size)]
+    share = ctx.shard(len(batches))
+    return batches[share], share.start
+
+
+def encode_dataset(
+    fn: Callable[[Tensor], Tensor],
+    dataset: Dataset,
+    batch_size: int,
+    device: torch.device,
+    *,
+    ctx: Optional[DistContext] = None,
+    num_workers: int = 0,
+    progress: Progress = no_progress,
+    desc: str = "encode",
+    skipped: Optional[List[str]] = None,
+    paths: Optional[Sequence[str]] = None,
+) -> EncodedSet:
+    """Applies ``fn`` (images on ``device`` -> tensor) to every readable image, in batches of
+    ``batch_size`` in dataset order, in float32 and inference mode.
+
+    With several processes (``ctx``) each encodes a contiguous share of the batches and every
+    process receives all rows; unreadable images (``skip_bad`` datasets) of every process are
+    appended to ``skipped``.
+    """
+    ctx = ctx or DistContext()
+    plan, first = _batch_plan(len(dataset), batch_size, ctx)
+    loader = DataLoader(dataset, batch_sampler=plan, num_workers=num_workers, collate_fn=collate_skipping_bad,
+                        persistent_workers=False)
+    values, positions, batches, mine = [], [], [], []
+    for b, (images, _, indices) in enumerate(progress(readable_batches(loader, mine, paths), desc=desc,
+                                                      total=len(plan)), start=first):
+        if images is None:
+            continue
+        with torch.inference_mode():
+            out = fn(images.to(device, non_blocking=True)).float()
+        values.append(out.cpu())
+        positions.append(indices)
+        batches.append(torch.full((len(indices),), b, dtype=torch.long))
+    local = [torch.cat(values) if values else torch.empty(0),
+             torch.cat(positions) if positions else torch.empty(0, dtype=torch.long),
+             torch.cat(batches) if batches else torch.empty(0, dtype=torch.long)]
+    out = EncodedSet(*gather_rows(local, device if device.type == "cuda" else None))
+    if skipped is not None:
+        skipped.extend(_gather_paths(mine, ctx))
+    if len(out.values) == 0:
+        raise RuntimeError(f"{desc}: no readable image in the dataset")
+    return out
+
+
+def _gather_paths(paths: List[str], ctx: DistContext) -> List[str]:
+    if not ctx.active:
+        return paths
+    every: List[Any] = [None] * ctx.world_size
+    dist.all_gather_object(every, paths)
+    return [p for part in every for p in part]
+
+
+def encode_cached(fn: Callable[[Tensor], Tensor], cached: EncodedSet, device: torch.device,
+                  ctx: Optional[DistContext] = None) -> EncodedSet:
+    """Applies ``fn`` to cached rows batch by batch, in the batches they were encoded in (so the
+    result equals encoding the images with the backbone and ``fn`` together), in float32."""
+    ctx = ctx or DistContext()
+    ids = torch.unique_consecutive(cached.batches)
+    mine = ids[ctx.shard(len(ids))]
+    values, keep = [], []
+    for b in mine.tolist():
+        rows = (cached.batches == b).nonzero().flatten()
+        with torch.inference_mode():
+            values.append(fn(cached.values[rows].to(device, non_blocking=True)).float().cpu())
+        keep.append(rows)
+    rows = torch.cat(keep) if keep else torch.empty(0, dtype=torch.long)
+    local = torch.cat(values) if values else torch.empty(0)
+    gathered_values, gathered_rows = gather_rows([local, rows], device if device.type == "cuda" else None)
+    return EncodedSet(gathered_values, cached.positions[gathered_rows], cached.batches[gathered_rows])
+
+
+# --------------------------------------------------------------------------------------
+# Frozen-backbone feature cache.
+# --------------------------------------------------------------------------------------
+def cache_key(identity: Dict[str, Any]) -> str:
+    """A short hash of everything that decides the cached features."""
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def load_feature_cache(path: Path) -> Optional[Tuple[Dict[str, EncodedSet], List[str]]]:
+    """The cached feature maps of each split and the images skipped when they were computed."""
+    if not path.is_file():
+        return None
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    log.info("reusing cached backbone features %s", path)
+    sets = {k: EncodedSet(state[k]["values"], state[k]["positions"], state[k]["batches"]) for k in ("train", "test")}
+    return sets, list(state.get("skipped", []))
+
+
+def save_feature_cache(path: Path, sets: Dict[str, EncodedSet], skipped: List[str]) -> None:
+    state: Dict[str, Any] = {k: {"values": v.values, "positions": v.positions, "batches": v.batches}
+                             for k, v in sets.items()}
+    state["skipped"] = skipped
+    save_checkpoint(state, path)
+    log.info("cached backbone features in %s", path)

@@ -1,0 +1,197 @@
+"""A whole training run: every code length of a configuration, reports, and loading its models.
+
+:func:`train` runs a :class:`~gdf_pyg.training.config.TrainConfig`: one model per code
+length, model selection on a validation split carved out of the training data (never the
+test set), checkpoints that resume exactly, and a final evaluation with the field's protocol
+(queries = test split, database = training split) through the same encoding as
+``gdf-pyg eval``. Progress goes through a caller-supplied wrapper; the library only logs.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import logging
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..models.gdfnet import GDFNet, GDFNetConfig
+from ..retrieval.metrics import PRCurve, pr_curve, retrieval_report
+from ..utils.checks import ConfigError
+from ..utils.config_io import to_dict
+from ..utils.progress import Progress, no_progress
+from .checkpoint import load_checkpoint, save_checkpoint
+from .config import TrainConfig
+from .distributed import DistContext, barrier, init_distributed
+from .encoding import EncodedSet, cache_key, encode_dataset, load_feature_cache, save_feature_cache
+from .run_data import RunData, build_run_data
+from .trainer import Trainer, model_config_for
+
+log = logging.getLogger(__name__)
+
+__all__ = ["evaluate_codes", "load_model", "resolve_device", "train", "train_bits"]
+
+
+def resolve_device(name: str) -> torch.device:
+    """``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda[:N]"``."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"train.device: {name!r} requested but CUDA is not available; use 'cpu' or 'auto'")
+    return torch.device(name)
+
+
+def evaluate_codes(query_codes: Tensor, query_labels: Tensor, db_codes: Tensor, db_labels: Tensor,
+                   topks: Sequence[int], radius: int) -> Tuple[Dict[str, float], PRCurve]:
+    """The scalar metrics and the precision-recall curve of one code length."""
+    report = retrieval_report(query_codes, db_codes, query_labels, db_labels, topks=topks, radius=radius)
+    return report, pr_curve(query_codes, db_codes, query_labels, db_labels)
+
+
+def cached_features(cfg: TrainConfig, data: RunData, model: GDFNet, device: torch.device, cache_dir: Path,
+                    progress: Progress = no_progress, ctx: Optional[DistContext] = None) -> Dict[str, EncodedSet]:
+    """Backbone feature maps of the training and test splits, computed once (in float32, in
+    the evaluation batches, shared among the processes) and kept in ``cache_dir`` for every
+    later run with the same backbone, image size, batch size and data."""
+    ctx = ctx or DistContext()
+    identity = {"backbone": to_dict(cfg.model.backbone), "img_size": cfg.model.img_size,
+                "batch_size": cfg.eval.batch_size, "data": data.identity, "format": "float32"}
+    weights = cfg.model.backbone.weights_file
+    if weights:
+        wf = Path(weights).expanduser()
+        identity["weights"] = [str(wf.resolve()), wf.stat().st_size, int(wf.stat().st_mtime)]
+    path = cache_dir / f"features-{cache_key(identity)}.pt"
+    found = load_feature_cache(path)
+    if found is not None:
+        sets, skipped = found
+        data.skipped.extend(skipped)
+        return sets
+    model.eval()
+    before = len(data.skipped)
+    sets = {}
+    for split, ds, paths in (("train", data.train_eval, data.train_paths), ("test", data.test_eval, data.test_paths)):
+        sets[split] = encode_dataset(model.forward_features, ds, cfg.eval.batch_size, device, ctx=ctx,
+                                     num_workers=cfg.data.num_workers, progress=progress if ctx.is_main else no_progress,
+                                     desc=f"features {split}", skipped=data.skipped, paths=paths)
+    if ctx.is_main:
+        save_feature_cache(path, sets, data.skipped[before:])
+    return sets
+
+
+def _write_history(path: Path, history: List[Dict[str, float]]) -> None:
+    keys = sorted({k for row in history for k in row})
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(history)
+
+
+def train_bits(cfg: TrainConfig, bits: int, data: RunData, run_dir: Path, device: torch.device,
+               features: Optional[Dict[str, EncodedSet]] = None, progress: Progress = no_progress,
+               resume: bool = False, ctx: Optional[DistContext] = None) -> Optional[Dict[str, Any]]:
+    """Trains, selects and evaluates the model of one code length; returns its results
+    (on the main process; ``None`` on the others)."""
+    ctx = ctx or DistContext()
+    out = run_dir / f"bits{bits}"
+    if ctx.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+    done = out / "result.json"
+    if resume and done.is_file():
+        log.info("%d bits: already finished in an earlier run, kept", bits)
+        return json.loads(done.read_text()) if ctx.is_main else None
+    barrier(ctx)
+    trainer = Trainer(cfg, bits, data, out, device, features, progress, ctx)
+    if resume and (out / "last.pt").is_file():
+        trainer.resume(out / "last.pt")
+    trainer.fit()
+    trainer.model.load_state_dict(trainer.best_state)
+    test, train = trainer.codes("test"), trainer.codes("train")  # every process takes part
+    if not ctx.is_main:
+        return None
+    save_checkpoint(trainer.model_checkpoint(), out / "best.pt")
+    report, curve = evaluate_codes(test.values, data.test_labels[test.positions], train.values,
+                                   data.train_labels[train.positions], cfg.eval.topks, cfg.eval.radius)
+    _write_history(out / "history.csv", trainer.history)
+    result = {
+        "bits": bits, "metrics": report, "best_epoch": trainer.best_epoch, "val_map": trainer.best_metric,
+        "pr_curve": curve.to_rows(), "train_images_per_s": float(np.mean([h["images_per_s"] for h in trainer.history])),
+        "queries": len(test.values), "database": len(train.values), "processes": ctx.world_size,
+    }
+    done.write_text(json.dumps(result, indent=1))
+    return result
+
+
+def train(cfg: TrainConfig, run_dir: Path | str, *, progress: Progress = no_progress, resume: bool = False,
+          cache_dir: Optional[Path] = None) -> Optional[Dict[str, Any]]:
+    """Trains every code length of ``cfg`` into ``run_dir`` and writes the reports.
+
+    ``run_dir`` receives ``config.yaml`` (resolved), ``dataset.json`` (the files and their
+    sizes), ``split.json`` (image folders), ``bits{K}/`` (``best.pt``, ``last.pt``,
+    ``history.csv``, ``result.json``), ``metrics.json``, ``metrics.csv``, ``report.md``,
+    ``pr_curve.csv`` and ``pr_curve.png``. With ``resume=True`` finished code lengths are
+    kept and an interrupted one continues from its ``last.pt``. Started by ``torchrun``
+    with several processes it trains with DDP; the main process writes and returns the
+    summary, the others return ``None``.
+    """
+    from .report import write_reports
+
+    cfg.validate()
+    run_dir = Path(run_dir)
+    device = resolve_device(cfg.train.device)
+    ctx = init_distributed(device)
+    if device.type == "cuda" and ctx.active:
+        device = torch.device("cuda", ctx.local_rank)
+        torch.cuda.set_device(device)
+    if ctx.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.train.seed)
+    probe = GDFNet(model_config_for(cfg, cfg.train.bits[0], 2))  # backbone only: transforms and features
+    if not ctx.is_main:
+        barrier(ctx)  # the main process writes the folder split first
+    data = build_run_data(cfg, probe.image_config, run_dir, write=ctx.is_main)
+    if ctx.is_main:
+        barrier(ctx)
+    if cfg.model.num_classes != data.num_classes:
+        log.info("model.num_classes set to %d, the classes of the %s dataset", data.num_classes, data.name)
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, num_classes=data.num_classes))
+    n_fit = len(data.fit_pos)
+    if cfg.optim.batch_size > n_fit:
+        raise ConfigError(f"optim.batch_size: {cfg.optim.batch_size} is larger than the {n_fit} training images "
+                          f"(after holding out data.val_fraction={cfg.data.val_fraction})")
+    if ctx.is_main:
+        import yaml
+
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    features = None
+    if cfg.train.frozen_backbone:
+        cache = Path(cache_dir or cfg.train.cache_dir or run_dir / "cache")
+        features = cached_features(cfg, data, probe.to(device), device, cache, progress, ctx)
+    del probe
+    results = {bits: train_bits(cfg, bits, data, run_dir, device, features, progress, resume, ctx)
+               for bits in cfg.train.bits}
+    if not ctx.is_main:
+        return None
+    summary = {"dataset": data.name, "num_classes": data.num_classes, "skipped_images": sorted(set(data.skipped)),
+               "processes": ctx.world_size, "results": {str(b): r for b, r in results.items()}}
+    write_reports(run_dir, summary)
+    return summary
+
+
+def load_model(path: Path | str, device: str | torch.device = "cpu") -> Tuple[GDFNet, Dict[str, Any]]:
+    """A trained model from a checkpoint (``best.pt`` or ``last.pt``), in evaluation mode.
+
+    The backbone is rebuilt without downloading: its weights come from the checkpoint.
+    """
+    state = load_checkpoint(path)
+    if "model_config" not in state:
+        raise ConfigError(f"{path}: not a gdf-pyg model checkpoint (no model_config)")
+    mcfg = GDFNetConfig.from_dict({**state["model_config"],
+                                   "backbone": {**state["model_config"]["backbone"], "pretrained": False,
+                                                "weights_file": None}})
+    model = GDFNet(mcfg)
+    model.load_state_dict(state["model"])
+    return model.to(device).eval(), state

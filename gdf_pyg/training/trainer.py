@@ -1,0 +1,376 @@
+"""Training of one code length: the model, its optimiser and schedule, the epoch loop, model
+selection on the validation split, and checkpoints that resume exactly.
+
+Several processes (``torchrun``) train one model with DDP: each takes its shard of every
+global batch, the losses see the outputs of the whole global batch, and evaluation is shared
+among the processes (:mod:`gdf_pyg.training.distributed`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import random
+import time
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional, Tuple
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+
+from ..data.records import collate_skipping_bad
+from ..models.gdfnet import GDFNet, GDFNetConfig
+from ..nn.losses import GDFLoss
+from ..nn.sync import convert_batchnorm
+from ..retrieval.metrics import mean_average_precision
+from ..utils.checks import ConfigError
+from ..utils.codes import binarize
+from ..utils.progress import Progress, no_progress
+from .amp import autocast
+from .checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
+from .config import TrainConfig
+from .distributed import DistContext, barrier
+from .encoding import EncodedSet, encode_cached, encode_dataset, readable_batches
+from .run_data import RunData
+from .schedule import make_scheduler
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Trainer", "TrainingDivergedError", "model_config_for"]
+
+
+class TrainingDivergedError(RuntimeError):
+    """The loss or a gradient became NaN or inf; the last good checkpoint is kept."""
+
+
+def model_config_for(cfg: TrainConfig, bits: int, num_classes: int) -> GDFNetConfig:
+    """The model section of ``cfg`` for one code length and the dataset's classes."""
+    return dataclasses.replace(cfg.model, bits=bits, num_classes=num_classes)
+
+
+def _state_dict_cpu(module: nn.Module) -> Dict[str, Tensor]:
+    return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+
+
+def _all_finite(params: List[nn.Parameter]) -> bool:
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return True
+    return bool(torch.isfinite(torch.stack([g.detach().abs().max() for g in grads])).all())
+
+
+class _Step(nn.Module):
+    """The training forward pass as a module, so DDP can wrap it: images or cached maps."""
+
+    def __init__(self, model: GDFNet) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, inputs: Tensor, is_feature_map: bool):
+        return self.model.forward_head(inputs) if is_feature_map else self.model(inputs)
+
+
+class Trainer:
+    """Trains, selects and checkpoints the model of one code length.
+
+    Args:
+        cfg: the run's configuration.
+        bits: the code length.
+        data: the run's datasets.
+        out: the folder of this code length (``RUN_DIR/bits{K}``).
+        device: where the model runs.
+        features: cached backbone maps of the ``train`` and ``test`` splits (frozen backbone).
+        progress: the progress-bar wrapper (the main process only).
+        ctx: this process's place in a multi-process job.
+    """
+
+    def __init__(self, cfg: TrainConfig, bits: int, data: RunData, out: Path, device: torch.device,
+                 features: Optional[Dict[str, EncodedSet]] = None, progress: Progress = no_progress,
+                 ctx: Optional[DistContext] = None) -> None:
+        self.cfg, self.bits, self.data, self.out, self.device = cfg, bits, data, out, device
+        self.features, self.ctx = features, ctx or DistContext()
+        self.progress = progress if self.ctx.is_main else no_progress
+        self.frozen = cfg.train.frozen_backbone
+        self.model = self._build_model()
+        self.optimizer = torch.optim.AdamW(self._param_groups(), weight_decay=cfg.optim.weight_decay)
+        self.params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        self.step_module: nn.Module = _Step(self.model)
+        if self.ctx.active:
+            self.step_module = DistributedDataParallel(
+                self.step_module, device_ids=[device.index] if device.type == "cuda" else None)
+        self.loss_fn = GDFLoss(cfg.loss)
+        self.steps_per_epoch = self._steps_per_epoch()
+        self.scheduler = make_scheduler(self.optimizer, cfg.optim.scheduler, cfg.optim.epochs,
+                                        cfg.optim.warmup_epochs, self.steps_per_epoch)
+        self.generator = torch.Generator().manual_seed(cfg.train.seed)
+        self.epoch, self.step = 0, 0
+        self.best_metric, self.best_epoch = -1.0, -1
+        self.best_state: Optional[Dict[str, Tensor]] = None
+        self.history: List[Dict[str, float]] = []
+
+    # ---- set-up -------------------------------------------------------------------------
+    def _build_model(self) -> GDFNet:
+        cfg = self.cfg
+        # Every generator the run draws from: torch (initialisation, augmentation), NumPy, and
+        # Python's (timm's random crops).
+        torch.manual_seed(cfg.train.seed)
+        np.random.seed(cfg.train.seed % 2**32)
+        random.seed(cfg.train.seed)
+        model = GDFNet(model_config_for(cfg, self.bits, self.data.num_classes))
+        if cfg.train.init_from is not None:
+            start = Path(cfg.train.init_from).expanduser() / f"bits{self.bits}" / "best.pt"
+            model.load_state_dict(load_checkpoint(start)["model"])
+            log.info("%d bits: starting from the weights of %s", self.bits, start)
+        if self.ctx.active:
+            # Statistics over the global batch, as in one process.
+            if self.device.type == "cuda":
+                model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            else:
+                model = convert_batchnorm(model)
+        model.to(self.device)
+        if self.frozen:
+            model.backbone.requires_grad_(False)
+        return model
+
+    def _param_groups(self) -> List[Dict[str, Any]]:
+        o = self.cfg.optim
+        groups = [{"params": list(self.model.head_modules().parameters()), "lr": o.lr}]
+        if not self.frozen:
+            groups.append({"params": list(self.model.backbone.parameters()), "lr": o.backbone_lr})
+        return groups
+
+    def _steps_per_epoch(self) -> int:
+        n_fit, batch = len(self.data.fit_pos), self.cfg.optim.batch_size
+        if batch > n_fit:
+            raise ConfigError(f"optim.batch_size: {batch} is larger than the {n_fit} training images")
+        if batch < 2 * self.ctx.world_size:
+            raise ConfigError(f"optim.batch_size: the global batch {batch} must give every one of the "
+                              f"{self.ctx.world_size} processes at least 2 images")
+        return n_fit // batch  # the ragged last batch is dropped: stable batch statistics
+
+    # ---- checkpoints --------------------------------------------------------------------
+    def checkpoint(self) -> Dict[str, Any]:
+        """Everything needed to resume exactly, as plain data."""
+        return {
+            "kind": "gdf-pyg-train",
+            "config": self.cfg.to_dict(),
+            "model_config": self.model.config.to_dict(),
+            "classes": self.data.classes,
+            "bits": self.bits,
+            "epoch": self.epoch,
+            "step": self.step,
+            "model": _state_dict_cpu(self.model),
+            "optimizer": self.optimizer.state_dict(),
+            "generator": self.generator.get_state(),
+            "rng": capture_rng(),
+            "best_metric": self.best_metric,
+            "best_epoch": self.best_epoch,
+            "best_model": self.best_state if self.best_state is not None else {},
+            "history": self.history,
+        }
+
+    def model_checkpoint(self) -> Dict[str, Any]:
+        """The selected model alone (``best.pt``): weights, configuration, classes, history."""
+        state = self.checkpoint()
+        state["kind"] = "gdf-pyg-model"
+        for key in ("optimizer", "generator", "rng", "best_model"):
+            state.pop(key)
+        return state
+
+    def resume(self, path: Path) -> None:
+        state = load_checkpoint(path)
+        if state.get("bits") != self.bits:
+            raise ConfigError(f"{path}: checkpoint holds a {state.get('bits')}-bit model, expected {self.bits}")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.generator.set_state(state["generator"])
+        restore_rng(state["rng"])
+        self.epoch, self.step = int(state["epoch"]), int(state["step"])
+        self.scheduler.step_update(self.step)
+        self.best_metric, self.best_epoch = float(state["best_metric"]), int(state["best_epoch"])
+        self.best_state = state["best_model"] or None
+        self.history = list(state["history"])
+        log.info("%d bits: resumed from %s at epoch %d", self.bits, path, self.epoch)
+
+    # ---- batches ------------------------------------------------------------------------
+    def _epoch_shards(self) -> List[Tuple[Tensor, Tensor]]:
+        """This process's shard of each global batch of the epoch: ``(rows, flip)``.
+
+        Every process draws the same seeded permutation and flips, so the shards of one
+        global batch are disjoint and together form it. ``rows`` index ``data.fit_pos``.
+        """
+        bs = self.cfg.optim.batch_size
+        order = torch.randperm(len(self.data.fit_pos), generator=self.generator)
+        flips = torch.rand(len(order), generator=self.generator) < 0.5
+        mine = self.ctx.shard(bs)
+        shards = []
+        for s in range(self.steps_per_epoch):
+            sel = slice(s * bs + mine.start, s * bs + mine.stop)
+            shards.append((order[sel], flips[sel]))
+        return shards
+
+    def _feature_batches(self, shards: List[Tuple[Tensor, Tensor]]) -> Iterator[Tuple[Tensor, Tensor]]:
+        """Cached feature maps of each shard (images skipped as unreadable left out)."""
+        feats = self.features["train"]
+        row_of = torch.full((len(self.data.train_labels),), -1, dtype=torch.long)
+        row_of[feats.positions] = torch.arange(len(feats.positions))
+        fit_rows = row_of[self.data.fit_pos]
+        for rows, flip in shards:
+            idx = fit_rows[rows]
+            readable = idx >= 0
+            idx, flip = idx[readable], flip[readable]
+            fmap = feats.values[idx].float()
+            if self.cfg.train.feature_flip:
+                fmap[flip] = fmap[flip].flip(-1)
+            yield fmap, self.data.train_labels[feats.positions[idx]]
+
+    def _image_batches(self, shards: List[Tuple[Tensor, Tensor]]) -> Iterator[Tuple[Tensor, Tensor]]:
+        """Augmented images of each shard (images skipped as unreadable left out)."""
+        loader = DataLoader(self.data.train_aug, batch_sampler=[rows.tolist() for rows, _ in shards],
+                            num_workers=self.cfg.data.num_workers, collate_fn=collate_skipping_bad)
+        fit_paths = [self.data.train_paths[int(p)] for p in self.data.fit_pos]
+        for images, labels, _ in readable_batches(loader, self.data.skipped, fit_paths):
+            if images is None:  # every image of this shard was unreadable
+                size = self.cfg.model.img_size
+                images, labels = torch.empty(0, 3, size, size), torch.empty(0, dtype=torch.long)
+            yield images, labels
+
+    def train_batches(self) -> Iterator[Tuple[Tensor, Tensor]]:
+        """``(inputs, labels)`` of this process for every step of one epoch; a shard may be
+        smaller than the others, or empty, where images were unreadable."""
+        shards = self._epoch_shards()
+        return self._feature_batches(shards) if self.frozen else self._image_batches(shards)
+
+    # ---- one step -----------------------------------------------------------------------
+    def _global_count(self, n: int) -> int:
+        if not self.ctx.active:
+            return n
+        count = torch.tensor([n], dtype=torch.long, device=self.device)
+        dist.all_reduce(count)
+        return int(count)
+
+    def backward(self, inputs: Tensor, labels: Tensor) -> Optional[Dict[str, Tensor]]:
+        """Forward (under autocast when ``train.amp``), the losses in float32 and backward;
+        the gradients are those of the whole global batch. ``None`` (nothing done, on every
+        process alike) when the global batch holds fewer than 2 images."""
+        if self._global_count(len(labels)) < 2:
+            log.warning("%d bits: step %d skipped: fewer than 2 readable images in the batch", self.bits,
+                        self.step + 1)
+            return None
+        inputs, labels = inputs.to(self.device, non_blocking=True), labels.to(self.device)
+        with autocast(self.device, self.cfg.train.amp):
+            out = self.step_module(inputs, self.frozen)
+        terms = self.loss_fn(out.codes.float(), out.logits.float(), labels)
+        loss = terms["loss"]
+        if not bool(torch.isfinite(loss)):
+            raise TrainingDivergedError(
+                f"{self.bits} bits: loss is {loss.item()} at epoch {self.epoch + 1}, step {self.step + 1}; "
+                f"the last good checkpoint is kept in {self.out}")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if not _all_finite(self.params):
+            raise TrainingDivergedError(
+                f"{self.bits} bits: a gradient is NaN or inf at epoch {self.epoch + 1}, step {self.step + 1}; "
+                f"the last good checkpoint is kept in {self.out}")
+        return terms
+
+    def optimizer_step(self) -> None:
+        if self.cfg.optim.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.params, self.cfg.optim.grad_clip)
+        self.optimizer.step()
+        self.step += 1
+        self.scheduler.step_update(self.step)
+
+    def _set_train_mode(self) -> None:
+        self.model.train()
+        if self.frozen:
+            self.model.backbone.eval()
+        elif self.cfg.train.freeze_backbone_bn:
+            for module in self.model.backbone.modules():
+                if isinstance(module, _BatchNorm):
+                    module.eval()
+
+    def train_epoch(self) -> Dict[str, float]:
+        """One epoch; returns the mean loss terms, images, seconds, images/s and learning rate."""
+        self._set_train_mode()
+        sums: Dict[str, float] = {}
+        n_images, n_steps, t0 = 0, 0, time.perf_counter()
+        batches = self.progress(self.train_batches(), desc=f"{self.bits} bits, epoch {self.epoch + 1}",
+                                total=self.steps_per_epoch)
+        for inputs, labels in batches:
+            terms = self.backward(inputs, labels)
+            if terms is None:
+                continue
+            self.optimizer_step()
+            n_steps += 1
+            n_images += len(labels)
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach())
+            if hasattr(batches, "set_postfix"):
+                # refresh=False: the bar redraws at its own interval, with the step count up to date.
+                batches.set_postfix(loss=f"{sums['loss'] / n_steps:.4f}",
+                                    img_s=f"{n_images / (time.perf_counter() - t0):.0f}", refresh=False)
+        elapsed = time.perf_counter() - t0
+        # The losses are computed on the global batch: every process holds the same values.
+        stats = {k: v / max(n_steps, 1) for k, v in sums.items()}
+        images = self._global_count(n_images)
+        stats.update(images=float(images), seconds=elapsed, images_per_s=images / max(elapsed, 1e-9),
+                     lr=float(self.optimizer.param_groups[0]["lr"]))
+        return stats
+
+    # ---- evaluation ---------------------------------------------------------------------
+    def codes(self, split: str) -> EncodedSet:
+        """Binary codes of the whole ``train`` or ``test`` split with the current weights,
+        computed as ``gdf-pyg eval`` computes them (float32, batches of ``eval.batch_size``),
+        shared among the processes."""
+        self.model.eval()
+        if self.frozen:
+            head = lambda fmap: binarize(self.model.forward_head(fmap).codes)  # noqa: E731
+            return encode_cached(head, self.features[split], self.device, self.ctx)
+        ds = self.data.train_eval if split == "train" else self.data.test_eval
+        paths = self.data.train_paths if split == "train" else self.data.test_paths
+        return encode_dataset(self.model.encode, ds, self.cfg.eval.batch_size, self.device, ctx=self.ctx,
+                              num_workers=self.cfg.data.num_workers, progress=self.progress,
+                              desc=f"encode {split}", skipped=self.data.skipped, paths=paths)
+
+    def validation_map(self) -> float:
+        """mAP@all of the validation images against the rest of the training split."""
+        train = self.codes("train")
+        where = {int(p): i for i, p in enumerate(train.positions)}
+        q = [where[int(p)] for p in self.data.val_pos if int(p) in where]
+        db = [where[int(p)] for p in self.data.fit_pos if int(p) in where]
+        labels = self.data.train_labels[train.positions]
+        return mean_average_precision(train.values[q], train.values[db], labels[q], labels[db])
+
+    # ---- the loop -----------------------------------------------------------------------
+    def _select(self, stats: Dict[str, float], evaluate: bool) -> None:
+        """Keeps the weights of the best validation mAP (every process decides alike)."""
+        if not len(self.data.val_pos):
+            # No validation split: the last epoch is the model.
+            self.best_epoch, self.best_state = self.epoch, _state_dict_cpu(self.model)
+        elif evaluate:
+            stats["val_map"] = self.validation_map()
+            if stats["val_map"] > self.best_metric:
+                self.best_metric, self.best_epoch = stats["val_map"], self.epoch
+                self.best_state = _state_dict_cpu(self.model)
+
+    def fit(self) -> None:
+        """Trains to ``optim.epochs``, evaluating every ``train.eval_every`` epochs and after
+        the last; ``last.pt`` is written after every epoch (by the main process)."""
+        cfg = self.cfg
+        while self.epoch < cfg.optim.epochs:
+            stats = self.train_epoch()
+            self.epoch += 1
+            self._select(stats, self.epoch % cfg.train.eval_every == 0 or self.epoch == cfg.optim.epochs)
+            stats["epoch"] = float(self.epoch)
+            self.history.append(stats)
+            if self.ctx.is_main:
+                log.info("%d bits, epoch %d/%d: loss %.4f, %.0f images/s%s", self.bits, self.epoch, cfg.optim.epochs,
+                         stats.get("loss", float("nan")), stats["images_per_s"],
+                         f", val mAP {stats['val_map']:.4f}" if "val_map" in stats else "")
+                save_checkpoint(self.checkpoint(), self.out / "last.pt")
+            barrier(self.ctx)

@@ -1,0 +1,86 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from gdf_pyg.nn.aggregation import GraphAggregation
+from gdf_pyg.nn.conv import CONVS
+from gdf_pyg.nn.graph import GraphBuilder
+
+
+def make_batch(b=3, n=10, f=12):
+    x = torch.randn(b * n, f)
+    batch = torch.arange(b).repeat_interleave(n)
+    pos = torch.rand(b * n, 2)
+    return x, batch, pos
+
+
+def permute_within_graphs(b, n):
+    return torch.cat([torch.randperm(n) + g * n for g in range(b)])
+
+
+@pytest.mark.parametrize("conv", sorted(CONVS))
+@pytest.mark.parametrize("method", ["knn", "dynamic", "spatial_knn", "full", "radius"])
+def test_equivariance_to_node_order(conv, method):
+    x, batch, pos = make_batch()
+    module = GraphAggregation(12, 16, num_layers=2, conv=conv, graph=GraphBuilder(method, k=3, radius=0.5)).eval()
+    perm = permute_within_graphs(3, 10)
+    g, h = module(x, batch, pos, num_graphs=3)
+    g_p, h_p = module(x[perm], batch, pos[perm], num_graphs=3)
+    assert g.shape == (3, module.out_channels) and h.shape == (30, 16)
+    torch.testing.assert_close(g_p, g, atol=1e-5, rtol=1e-5)  # graph readout invariant
+    torch.testing.assert_close(h_p, h[perm], atol=1e-5, rtol=1e-5)  # node features equivariant
+
+
+@pytest.mark.parametrize("readout", ["mean", "max", "mean_max", "attention"])
+@pytest.mark.parametrize("norm", ["batch_norm", "layer_norm", "none"])
+def test_gradients_reach_every_parameter(readout, norm):
+    x, batch, pos = make_batch()
+    x.requires_grad_()
+    module = GraphAggregation(12, 16, num_layers=3, readout=readout, norm=norm, graph=GraphBuilder("dynamic", k=4))
+    g, _ = module(x, batch, pos)
+    (g ** 2).sum().backward()
+    for name, p in module.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+    assert x.grad.abs().sum() > 0
+
+
+def test_dynamic_graph_rebuilt_per_layer(monkeypatch):
+    x, batch, pos = make_batch()
+    calls = []
+    builder = GraphBuilder("dynamic", k=3)
+    original = GraphBuilder.__call__
+
+    def spy(self, feats, *args, **kwargs):
+        calls.append(feats.size(1))
+        return original(self, feats, *args, **kwargs)
+
+    monkeypatch.setattr(GraphBuilder, "__call__", spy)
+    GraphAggregation(12, 16, num_layers=3, graph=builder)(x, batch, pos)
+    assert calls == [12, 16, 16]  # input features, then each layer's input
+    calls.clear()
+    GraphAggregation(12, 16, num_layers=3, graph=GraphBuilder("knn", k=3))(x, batch, pos)
+    assert calls == [12]
+
+
+def test_grid_graph_needs_grid_and_repr():
+    x, batch, pos = make_batch(2, 9)
+    module = GraphAggregation(12, 8, graph=GraphBuilder("grid", connectivity=4))
+    g, _ = module(x, batch, pos, grid_size=(3, 3))
+    assert g.shape == (2, 16)
+    assert repr(module) == "GraphAggregation(12, 8, num_layers=2, conv=edge, graph=grid(k=8), readout=mean_max)"
+    module.reset_parameters()
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="unknown conv"):
+        GraphAggregation(4, 4, conv="nope")
+    with pytest.raises(ValueError, match="unknown readout"):
+        GraphAggregation(4, 4, readout="sum-ish")
+    with pytest.raises(ValueError, match="num_layers"):
+        GraphAggregation(4, 4, num_layers=0)
+    module = GraphAggregation(4, 4, graph=GraphBuilder("knn", k=3))
+    with pytest.raises(ValueError, match=r"shape \(N, 4\)"):
+        module(torch.randn(6, 5), torch.zeros(6, dtype=torch.long))
+    with pytest.raises(ValueError, match="k=3 needs at least 4 nodes"):
+        module(torch.randn(3, 4), torch.zeros(3, dtype=torch.long))
