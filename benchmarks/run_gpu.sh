@@ -1,11 +1,33 @@
 #!/usr/bin/env bash
-# GPU variants of benchmarks 1 (graph construction) and 4 (training throughput), in one command:
-#   benchmarks/run_gpu.sh            # on a CUDA machine; torch-cluster and FAISS are optional
-# Results go to benchmarks/results/, named after the card (e.g. graph_construction_nvidia-h100-80gb-hbm3.md).
-set -euo pipefail
+# The GPU benchmarks and checks, in one command (at most about 8 minutes on one card):
+#   benchmarks/run_gpu.sh [--results DIR]
+# 1. gpu_checks.py: kNN graphs under bf16 autocast equal the float32 graphs; a run trained under
+#    autocast reports the mAP that `gdf-pyg eval` computes from its checkpoints, exactly.
+# 2. training_throughput.py --amp: GDF-Net (the paper's head and a spatial head) against the bare
+#    ResNet-50 at 448 px under bf16 autocast: images/s and peak memory.
+# 3. graph_construction.py: every kNN backend and construction on the card.
+# 4. paper_setting.py --cub-synthetic: one epoch of the paper preset on a CUB-sized synthetic set.
+# torch-cluster and FAISS are optional. Results are named after the card, in benchmarks/results/
+# unless --results says otherwise. A part that fails is reported and the others still run.
+set -uo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 python="${PYTHON:-$( [[ -x "$root/.venv/bin/python" ]] && echo "$root/.venv/bin/python" || echo python3 )}"
-export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
-"$python" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'CUDA is not available on this machine')"
-"$python" "$root/benchmarks/graph_construction.py" --device cuda "$@"
-"$python" "$root/benchmarks/training_throughput.py" --device cuda "$@"
+export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE=1
+results=("$@")
+"$python" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'CUDA is not available on this machine')" || exit 1
+"$python" -c "import torch, torch_geometric, timm; print('torch', torch.__version__, '| torch_geometric', torch_geometric.__version__, '| timm', timm.__version__, '|', torch.cuda.get_device_name())"
+workers=$(( $(nproc) > 12 ? 12 : $(nproc) - 1 ))
+failed=()
+part() {  # part NAME SECONDS COMMAND...
+    local name="$1" limit="$2"; shift 2
+    local t0=$SECONDS
+    echo "=== $name"
+    if ! timeout "$limit" "$@"; then failed+=("$name"); echo "=== $name FAILED"; fi
+    echo "=== $name took $(( SECONDS - t0 )) s"
+}
+part "mixed-precision checks" 120 "$python" "$root/benchmarks/gpu_checks.py" --device cuda ${results[@]+"${results[@]}"}
+part "training throughput, bf16 autocast" 120 "$python" "$root/benchmarks/training_throughput.py" --device cuda --amp ${results[@]+"${results[@]}"}
+part "graph construction" 120 "$python" "$root/benchmarks/graph_construction.py" --device cuda ${results[@]+"${results[@]}"}
+part "paper preset, one epoch, CUB-sized synthetic set" 150 "$python" "$root/benchmarks/paper_setting.py" --device cuda \
+    --cub-synthetic --workers "$workers" ${results[@]+"${results[@]}"}
+if (( ${#failed[@]} )); then echo "failed: ${failed[*]}"; exit 1; fi

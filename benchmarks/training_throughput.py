@@ -17,11 +17,13 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
-    barh_plot, base_parser, command_line, device_label, markdown_table, resolve, slug, time_call, write_results,
+    barh_plot, base_parser, command_line, device_label, markdown_table, peak_memory_mb, resolve, slug, time_call,
+    write_results,
 )
 
 from gdf_pyg import GDFNet, GDFNetConfig  # noqa: E402
 from gdf_pyg.nn.losses import GDFLoss  # noqa: E402
+from gdf_pyg.training.amp import autocast  # noqa: E402
 
 FULL = [
     # backbone, image size, batch, GDF variants (overrides of the model config)
@@ -30,6 +32,9 @@ FULL = [
     ("tf_efficientnet_lite0", 224, 32, {"spatial 7x7, dynamic 8-NN": {}}),
 ]
 QUICK = [("test_efficientnet", 64, 4, {"spatial 2x2, dynamic 3-NN": {"graph": {"k": 3}}})]
+# On a card: the paper's setting (ResNet-50 at 448 px) at a GPU batch size.
+PAPER_HEAD = {"nodes": {"kind": "parts", "num_parts": 32}, "graph": {"k": 3}, "aggregation": {"hidden_channels": 512}}
+GPU = [("resnet50", 448, 32, {"paper: 32 parts, dynamic 3-NN": PAPER_HEAD, "spatial 14x14, dynamic 8-NN": {}})]
 
 
 def model_config(backbone: str, size: int, overrides: Dict[str, Dict]) -> GDFNetConfig:
@@ -41,7 +46,7 @@ def model_config(backbone: str, size: int, overrides: Dict[str, Dict]) -> GDFNet
 
 
 def measure(backbone: str, size: int, batch: int, variants: Dict[str, Dict], device: torch.device,
-            repeats: int) -> List[Dict[str, object]]:
+            repeats: int, amp: bool = False) -> List[Dict[str, object]]:
     images = torch.randn(batch, 3, size, size, device=device)
     labels = torch.randint(0, 200, (batch,), device=device)
     rows = []
@@ -52,19 +57,22 @@ def measure(backbone: str, size: int, batch: int, variants: Dict[str, Dict], dev
 
     def backbone_fwd_bwd():
         bb.zero_grad(set_to_none=True)
-        bb(images).mean().backward()
+        with autocast(device, amp):
+            out = bb(images)
+        out.float().mean().backward()
 
     def bare_step():
         bare_opt.zero_grad(set_to_none=True)
-        loss = nn.functional.cross_entropy(classifier(bb(images).mean(dim=(2, 3))), labels)
-        loss.backward()
+        with autocast(device, amp):
+            logits = classifier(bb(images).mean(dim=(2, 3)))
+        nn.functional.cross_entropy(logits.float(), labels).backward()
         bare_opt.step()
 
     t_bb = time_call(backbone_fwd_bwd, device, repeats)
     t_bare = time_call(bare_step, device, repeats)
     rows.append({"backbone": backbone, "image px": size, "batch": batch, "model": "bare backbone + linear",
-                 "step ms": t_bare, "images/s": batch * 1e3 / t_bare, "head fwd+bwd ms": "",
-                 "head / backbone fwd+bwd": ""})
+                 "step ms": t_bare, "images/s": batch * 1e3 / t_bare, "peak MB": peak_memory_mb(bare_step, device),
+                 "head fwd+bwd ms": "", "head / backbone fwd+bwd": ""})
     loss_fn = GDFLoss()
     for name, overrides in variants.items():
         model = GDFNet(model_config(backbone, size, overrides)).to(device).train()
@@ -75,39 +83,45 @@ def measure(backbone: str, size: int, batch: int, variants: Dict[str, Dict], dev
 
         def head_fwd_bwd():
             model.zero_grad(set_to_none=True)
-            out = model.forward_head(fmap.detach().requires_grad_())
-            loss_fn(out.codes, out.logits, labels)["loss"].backward()
+            with autocast(device, amp):
+                out = model.forward_head(fmap.detach().requires_grad_())
+            loss_fn(out.codes.float(), out.logits.float(), labels)["loss"].backward()
 
         def gdf_step():
             opt.zero_grad(set_to_none=True)
-            out = model(images)
-            loss_fn(out.codes, out.logits, labels)["loss"].backward()
+            with autocast(device, amp):
+                out = model(images)
+            loss_fn(out.codes.float(), out.logits.float(), labels)["loss"].backward()
             opt.step()
 
         t_head = time_call(head_fwd_bwd, device, repeats)
         t_step = time_call(gdf_step, device, repeats)
         rows.append({"backbone": backbone, "image px": size, "batch": batch, "model": f"GDF-Net, {name}",
-                     "step ms": t_step, "images/s": batch * 1e3 / t_step, "head fwd+bwd ms": t_head,
-                     "head / backbone fwd+bwd": f"{100 * t_head / t_bb:.1f}%"})
+                     "step ms": t_step, "images/s": batch * 1e3 / t_step, "peak MB": peak_memory_mb(gdf_step, device),
+                     "head fwd+bwd ms": t_head, "head / backbone fwd+bwd": f"{100 * t_head / t_bb:.1f}%"})
     rows[0]["head fwd+bwd ms"] = f"backbone fwd+bwd: {t_bb:.0f}"
     return rows
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = base_parser(__doc__)
+    parser.add_argument("--amp", action="store_true", help="bfloat16 autocast (the losses stay in float32)")
     args = parser.parse_args(argv)
     device = resolve(args.device)
     torch.manual_seed(0)
     rows: List[Dict[str, object]] = []
-    for backbone, size, batch, variants in (QUICK if args.quick else FULL):
-        rows += measure(backbone, size, batch, variants, device, repeats=2 if args.quick else 5)
+    for backbone, size, batch, variants in (QUICK if args.quick else GPU if device.type == "cuda" else FULL):
+        rows += measure(backbone, size, batch, variants, device, repeats=2 if args.quick else 5, amp=args.amp)
         print(f"done: {backbone}", flush=True)
     label = device_label(device)
-    body = (f"Device: {label}. Random weights (speed does not depend on them); 48-bit codes, 200 classes, "
-            "hidden width 256. Step = forward + backward + AdamW step; median of repeats.\n\n"
-            + markdown_table(rows, ["backbone", "image px", "batch", "model", "step ms", "images/s", "head fwd+bwd ms",
-                                    "head / backbone fwd+bwd"]))
-    name = "training_throughput" + ("_quick" if args.quick else "") + ("" if device.type == "cpu" else "_" + slug(label))
+    precision = "bfloat16 autocast, losses in float32" if args.amp else "float32"
+    body = (f"Device: {label}; {precision}. Random weights (speed does not depend on them); 48-bit codes, 200 "
+            "classes, hidden width 256 (512 for the paper head). Step = forward + backward + AdamW step; median of "
+            "repeats. Peak MB: memory growth during one step (CUDA allocator on a card, malloc on the CPU).\n\n"
+            + markdown_table(rows, ["backbone", "image px", "batch", "model", "step ms", "images/s", "peak MB",
+                                    "head fwd+bwd ms", "head / backbone fwd+bwd"]))
+    name = ("training_throughput" + ("_quick" if args.quick else "") + ("_amp" if args.amp else "")
+            + ("" if device.type == "cpu" else "_" + slug(label)))
     md = write_results(args.results, name, "Training throughput", body, rows, command_line(argv, "training_throughput.py"))
     barh_plot([f"{r['backbone']} {r['image px']}px b{r['batch']}: {r['model']}" for r in rows],
               [r["images/s"] for r in rows], "training images/s", args.results / f"{name}.png", label)

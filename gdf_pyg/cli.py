@@ -242,8 +242,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", formatter_class=fmt, help="evaluate retrieval of trained checkpoints",
                        description="Queries = test split, database = training split of the checkpoint's dataset "
-                                   "(override with data.* key=value), or explicit --query/--database folders. Ties in "
-                                   "Hamming distance are broken by database order; P@r<=R counts an empty result as 0.")
+                                   "(override with data.* key=value), or explicit --query/--database folders. mAP and P@k "
+                                   "average over every order of items at equal Hamming distance (mAP@all is also "
+                                   "reported with ties by database order); P@r<=R counts an empty result as 0.")
     p.add_argument("--checkpoint", nargs="+", required=True, help="best.pt files, or run directories (all bits*/best.pt)")
     p.add_argument("--out", default=None, help="output folder (default: RUN_DIR/eval)")
     p.add_argument("--query", default=None, help="folder of query images (one sub-folder per class)")

@@ -8,19 +8,24 @@ import sys
 
 import pytest
 
-from .conftest import ROOT
+from .conftest import FLOWERS, ROOT, needs_flowers
 
-SCRIPTS = ["graph_construction", "retrieval_engine", "training_throughput", "ablation"]
+SCRIPTS = ["graph_construction", "retrieval_engine", "training_throughput", "ablation",
+           pytest.param("paper_setting", marks=needs_flowers)]
+ENV = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+
+
+def run_quick(script, tmp_path, *extra):
+    cmd = [sys.executable, str(ROOT / "benchmarks" / f"{script}.py"), "--quick", "--results", str(tmp_path), *extra]
+    res = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return res.stdout
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_quick_mode(script, tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
-    cmd = [sys.executable, str(ROOT / "benchmarks" / f"{script}.py"), "--quick", "--results", str(tmp_path)]
-    if script == "ablation":
-        cmd += ["--cache", str(tmp_path / "cache")]
-    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    assert res.returncode == 0, res.stderr[-3000:]
+    extra = {"ablation": ["--cache", str(tmp_path / "cache")], "paper_setting": ["--data", str(FLOWERS)]}
+    out = run_quick(script, tmp_path, *extra.get(script, []))
     name = f"{script}_quick"
     md = (tmp_path / f"{name}.md").read_text()
     assert md.startswith("# ") and f"benchmarks/{script}.py --quick" in md and "|---" in md
@@ -30,3 +35,14 @@ def test_quick_mode(script, tmp_path):
         assert "| NO |" not in md  # the kNN backends agreed
     if script == "retrieval_engine":
         assert "| NO |" not in md
+    if script == "paper_setting":
+        assert "backbone: random initialisation (no --weights given)" in out
+        rows = json.loads((tmp_path / f"{name}.json").read_text())
+        assert rows[-1]["loss"] < rows[0]["loss"] and rows[0]["loss_fell"]
+        assert all(r["images/s"] > 0 and r["peak memory (MB)"] > 0 for r in rows)
+
+
+def test_paper_setting_epoch_on_a_cub_sized_synthetic_set(tmp_path):
+    run_quick("paper_setting", tmp_path, "--cub-synthetic")
+    row = json.loads((tmp_path / "paper_cub_synthetic_quick.json").read_text())[0]
+    assert row["images"] == 24 and row["queries"] == 12 and 0 <= row["mAP@all"] <= 1 and row["train images/s"] > 0

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -10,16 +11,19 @@ from PIL import Image
 from gdf_pyg.cli import build_parser, main
 from gdf_pyg.retrieval.search import query_index
 
-from .conftest import TINY_BACKBONE, TINY_RUN
+from .conftest import TINY_BACKBONE, TINY_RUN, write_image
 
 TINY = [*TINY_RUN, "optim.epochs=2"]
 
 
-@pytest.mark.parametrize("frozen", [False, True])
-def test_train_eval_index_query(tmp_path, folder_root, capsys, frozen):
+@pytest.mark.parametrize("frozen, amp", [(False, False), (True, False), (False, True)])
+def test_train_eval_index_query(tmp_path, folder_root, capsys, frozen, amp):
     run = tmp_path / "run"
+    # 30 epochs without a validation split: enough steps for the batch-norm statistics to settle,
+    # so the codes differ from image to image and the equality below means something.
     args = ["train", "--out", str(run), "--no-progress", f"data.root={folder_root}", "train.bits=[12,16]",
-            f"train.frozen_backbone={str(frozen).lower()}", *TINY]
+            f"train.frozen_backbone={str(frozen).lower()}", f"train.amp={str(amp).lower()}", *TINY, "optim.epochs=30",
+            "data.val_fraction=0"]
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert "| bits | mAP@all |" in printed
@@ -29,17 +33,19 @@ def test_train_eval_index_query(tmp_path, folder_root, capsys, frozen):
     trained = json.loads((run / "metrics.json").read_text())["results"]
     assert set(trained) == {"12", "16"}
 
-    # eval reproduces the final metrics of training from the checkpoints alone.
+    # eval reproduces the final metrics of training exactly, from the checkpoints alone: both
+    # encode in float32 in the same batches (also when training ran under autocast).
     assert main(["eval", "--checkpoint", str(run), "--out", str(tmp_path / "eval"), "--topk", "5", "--no-progress"]) == 0
     evaluated = json.loads((tmp_path / "eval" / "metrics.json").read_text())["results"]
     for bits in ("12", "16"):
-        assert evaluated[bits]["metrics"] == pytest.approx(trained[bits]["metrics"], abs=1e-9)
+        assert evaluated[bits]["metrics"] == trained[bits]["metrics"]
 
     # index the whole folder, then query with one of its images.
     index = tmp_path / "index"
     assert main(["index", "--checkpoint", str(run / "bits12" / "best.pt"), "--images", str(folder_root),
                  "--out", str(index), "--no-progress"]) == 0
     assert json.loads((index / "meta.json").read_text())["num_items"] == 15
+    assert len(np.unique(np.load(index / "codes.npy"), axis=0)) >= 5  # codes tell images apart
     query = folder_root / "BLUE JAY" / "2.jpg"
     grid = tmp_path / "grid.png"
     capsys.readouterr()
@@ -112,3 +118,33 @@ def test_init_from_starts_from_an_earlier_run(tmp_path, folder_root, caplog):
     assert main(["train", "--out", str(tmp_path / "x"), f"data.root={folder_root}", "train.bits=[12,24]",
                  f"train.init_from={first}", *TINY]) == 2
     assert "train.init_from" in caplog.text and "missing for [24]" in caplog.text
+
+
+def test_eval_uses_the_runs_split_and_refuses_changed_data(tmp_path, folder_root, caplog):
+    run = tmp_path / "run"
+    assert main(["train", "--out", str(run), "--no-progress", f"data.root={folder_root}", "train.bits=[12]",
+                 "train.frozen_backbone=true", *TINY]) == 0
+    trained = json.loads((run / "metrics.json").read_text())["results"]["12"]["metrics"]
+
+    def evaluate(*extra):
+        out = tmp_path / f"eval{len(list(tmp_path.glob('eval*')))}"
+        code = main(["eval", "--checkpoint", str(run), "--out", str(out), "--topk", "5", "--no-progress", *extra])
+        return code, (json.loads((out / "metrics.json").read_text())["results"]["12"]["metrics"] if code == 0 else None)
+
+    # New photos in a class folder: the saved split is evaluated, unchanged.
+    for j in range(3):
+        write_image(folder_root / "ROCK DOVE" / f"new{j}.jpg", 90 + j)
+    assert evaluate() == (0, trained)
+    # A photo of the run replaced by another: refused, naming the file.
+    write_image(folder_root / "BLUE JAY" / "2.jpg", 99, size=(41, 30))
+    assert evaluate()[0] == 2
+    assert "1 database file(s) changed size: BLUE JAY/2.jpg" in caplog.text or \
+        "1 query file(s) changed size: BLUE JAY/2.jpg" in caplog.text
+    assert "--resplit" in caplog.text
+    # A photo of the run deleted: refused as well.
+    (folder_root / "BLACK SWAN" / "1.jpg").unlink()
+    assert evaluate()[0] == 2
+    assert "BLACK SWAN/1.jpg" in caplog.text
+    # Evaluating the data as it is now is an explicit choice.
+    code, metrics = evaluate("--resplit")
+    assert code == 0 and metrics is not None

@@ -100,9 +100,21 @@ def retrieval_sets(draw):
 @given(retrieval_sets(), st.one_of(st.none(), st.integers(1, 25)))
 def test_map_matches_reference(data, topk):
     qc, dc, ql, dl = data
-    ours = mean_average_precision(qc, dc, ql, dl, topk=topk)
+    ours = mean_average_precision(qc, dc, ql, dl, topk=topk, ties="database_order")
     assert 0.0 <= ours <= 1.0
     assert abs(ours - reference_map(qc, dc, ql, dl, topk)) < 1e-12
+
+
+@SETTINGS
+@given(retrieval_sets(), st.one_of(st.none(), st.integers(1, 25)), st.integers(0, 2**31))
+def test_tie_aware_metrics_do_not_depend_on_database_order(data, topk, seed):
+    qc, dc, ql, dl = data
+    perm = np.random.default_rng(seed).permutation(len(dc))
+    ours = mean_average_precision(qc, dc, ql, dl, topk=topk)
+    assert 0.0 <= ours <= 1.0 + 1e-12
+    assert abs(ours - mean_average_precision(qc, dc[perm], ql, dl[perm], topk=topk)) < 1e-12
+    k = topk or 5
+    assert abs(precision_at_k(qc, dc, ql, dl, k) - precision_at_k(qc, dc[perm], ql, dl[perm], k)) < 1e-12
 
 
 @SETTINGS

@@ -20,7 +20,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-__all__ = ["GlobalBatchNorm", "all_gather_cat", "all_reduce_sum", "convert_batchnorm", "is_distributed"]
+__all__ = ["GlobalBatchNorm", "GlobalBatchNormAct", "all_gather_cat", "all_reduce_sum", "convert_batchnorm", "is_distributed"]
 
 
 def is_distributed() -> bool:
@@ -150,11 +150,24 @@ class GlobalBatchNorm(_BatchNorm):
         return out
 
 
+class GlobalBatchNormAct(GlobalBatchNorm):
+    """:class:`GlobalBatchNorm` followed by the dropout and activation of timm's
+    ``BatchNormAct2d`` (which fuses them into the norm layer), as timm's ``SyncBatchNormAct``."""
+
+    def forward(self, input: Tensor) -> Tensor:
+        return self.act(self.drop(super().forward(input)))
+
+
 def convert_batchnorm(module: nn.Module) -> nn.Module:
-    """Replaces every ``BatchNorm{1,2,3}d`` in ``module`` by :class:`GlobalBatchNorm`, keeping
-    parameters, running statistics and training mode."""
+    """Replaces every ``BatchNorm{1,2,3}d`` in ``module`` (timm's ``BatchNormAct2d`` too, keeping
+    its activation) by :class:`GlobalBatchNorm`, keeping parameters, running statistics and
+    training mode. On CUDA, ``timm.layers.convert_sync_batchnorm`` (``SyncBatchNorm``) does the same."""
     if isinstance(module, _BatchNorm) and not isinstance(module, GlobalBatchNorm):
-        new = GlobalBatchNorm(module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats)
+        fused = hasattr(module, "act") and hasattr(module, "drop")  # timm's BatchNormAct2d
+        cls = GlobalBatchNormAct if fused else GlobalBatchNorm
+        new = cls(module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats)
+        if fused:
+            new.act, new.drop = module.act, module.drop
         new.load_state_dict(module.state_dict())
         new.train(module.training)
         new.to(next(module.buffers(), torch.empty(0)).device)

@@ -33,11 +33,17 @@ ENGINES = ("auto", "numpy", "faiss", "faiss_hnsw")
 
 
 def pack_codes(codes: Any) -> np.ndarray:
-    """``(N, K)`` codes in {-1, +1} (or real, binarised with ``>= 0``) to ``(N, ceil(K/8))`` uint8."""
+    """``(N, K)`` codes in {-1, +1} to ``(N, ceil(K/8))`` uint8 (+1 -> bit 1). Relaxed codes are
+    refused: binarise them explicitly with :func:`gdf_pyg.binarize`."""
     arr = np.asarray(codes.detach().cpu().numpy() if hasattr(codes, "detach") else codes)
     if arr.ndim != 2:
         raise ValueError(f"codes must have shape (items, bits), got {arr.shape}")
-    return np.packbits(arr >= 0, axis=1)
+    bad = (arr != 1) & (arr != -1)
+    if bad.any():
+        row, col = (int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(f"codes must be binary, in {{-1, +1}}; entry ({row}, {col}) is {arr[row, col].item()!r}. "
+                         "Binarise relaxed codes explicitly with gdf_pyg.binarize")
+    return np.packbits(arr > 0, axis=1)
 
 
 def unpack_codes(packed: np.ndarray, bits: int) -> np.ndarray:

@@ -8,7 +8,7 @@ from typing import Any, Dict, List, Mapping, Sequence
 
 __all__ = ["comparison_table", "metrics_table", "plot_pr_curves", "write_reports"]
 
-METRIC_TITLES = {"map": "mAP@all", "p@r2": "P@r<=2"}
+METRIC_TITLES = {"map": "mAP@all", "map_db_order": "mAP@all (ties by db order)", "p@r2": "P@r<=2"}
 
 
 def _title(key: str) -> str:
@@ -93,7 +93,9 @@ def write_reports(run_dir: Path, summary: Mapping[str, Any]) -> None:
     lines = [
         f"# Retrieval results ({summary.get('dataset', '')}, {summary.get('num_classes', '?')} classes)",
         "",
-        "Queries: test split; database: training split; ties in Hamming distance broken by database order.",
+        "Queries: test split; database: training split. mAP@all, mAP@k and P@k are exact expectations over every "
+        "order of items at equal Hamming distance (independent of the database order); 'mAP@all (ties by db order)' "
+        "breaks ties by database order, as most published code does.",
         "",
         metrics_table(results),
         "",

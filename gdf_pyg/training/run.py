@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from ..models.gdfnet import GDFNet, GDFNetConfig
-from ..retrieval.metrics import PRCurve, pr_curve, retrieval_report
+from ..retrieval.metrics import PRCurve, retrieval_report
 from ..utils.checks import ConfigError
 from ..utils.config_io import to_dict
 from ..utils.progress import Progress, no_progress
@@ -48,8 +48,7 @@ def resolve_device(name: str) -> torch.device:
 def evaluate_codes(query_codes: Tensor, query_labels: Tensor, db_codes: Tensor, db_labels: Tensor,
                    topks: Sequence[int], radius: int) -> Tuple[Dict[str, float], PRCurve]:
     """The scalar metrics and the precision-recall curve of one code length."""
-    report = retrieval_report(query_codes, db_codes, query_labels, db_labels, topks=topks, radius=radius)
-    return report, pr_curve(query_codes, db_codes, query_labels, db_labels)
+    return retrieval_report(query_codes, db_codes, query_labels, db_labels, topks=topks, radius=radius)
 
 
 def cached_features(cfg: TrainConfig, data: RunData, model: GDFNet, device: torch.device, cache_dir: Path,

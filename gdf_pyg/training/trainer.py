@@ -128,7 +128,9 @@ class Trainer:
         if self.ctx.active:
             # Statistics over the global batch, as in one process.
             if self.device.type == "cuda":
-                model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+                from timm.layers import convert_sync_batchnorm
+
+                model = convert_sync_batchnorm(model)
             else:
                 model = convert_batchnorm(model)
         model.to(self.device)

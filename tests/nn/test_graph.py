@@ -213,3 +213,54 @@ def test_graph_builder_dispatch():
     with pytest.raises(ValueError, match="'faiss' does kNN only"):
         GraphBuilder("radius", backend="faiss")
     assert set(GRAPH_METHODS) == {"none", "knn", "dynamic", "spatial_knn", "grid", "radius", "full"}
+
+
+# ---- precision: graphs do not depend on autocast or the input's precision -------------------
+def offset_features(graphs=4, nodes=196, dim=1024, offset=10.0):
+    """Features sharing a large offset, as backbone features do: cancellation-prone scores."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(graphs * nodes, dim, generator=g) + offset * torch.randn(1, dim, generator=g)
+    return x, torch.arange(graphs).repeat_interleave(nodes)
+
+
+@pytest.mark.parametrize("backend", ["dense", "auto"])
+@pytest.mark.parametrize("cosine", [False, True])
+def test_knn_under_bf16_autocast_equals_float32_graph(backend, cosine):
+    x, batch = offset_features()
+    ref = knn_graph(x, 8, batch, cosine=cosine, backend=backend)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        amp = knn_graph(x, 8, batch, cosine=cosine, backend=backend)
+    assert torch.equal(amp, ref)
+    # Half-precision features are promoted, not scored in half precision.
+    assert torch.equal(knn_graph(x.bfloat16(), 8, batch, cosine=cosine, backend=backend),
+                       knn_graph(x.bfloat16().float(), 8, batch, cosine=cosine, backend=backend))
+
+
+def test_float32_knn_with_a_shared_offset_equals_float64_graph():
+    x, batch = offset_features()
+    assert torch.equal(knn_graph(x, 8, batch), knn_graph(x.double(), 8, batch))
+
+
+@pytest.mark.parametrize("method", ["knn", "dynamic", "spatial_knn", "radius", "full", "grid"])
+@pytest.mark.parametrize("backend", KNN_BACKENDS)
+def test_every_builder_is_independent_of_autocast(method, backend):
+    if method == "radius" and backend == "faiss":
+        pytest.skip("faiss does kNN only")
+    x, batch = offset_features(graphs=2, nodes=49, dim=64)
+    pos = torch.rand(49, 2).repeat(2, 1)
+    build = GraphBuilder(method, k=4, backend=backend)
+    ref = build(x, batch, pos, (7, 7))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(build(x, batch, pos, (7, 7)), ref)
+
+
+def test_graph_construction_keeps_no_autograd_history():
+    x, batch = offset_features(graphs=2, nodes=49, dim=64)
+    x.requires_grad_(True)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            edges = knn_graph(x * 2.0, 8, batch)
+            radius_graph(x, 20.0, batch)
+    assert saved == []  # nothing kept for a backward pass (x * 2.0 saves nothing itself)
+    assert edges.grad_fn is None and not edges.requires_grad

@@ -77,3 +77,9 @@ def test_saved_index_round_trip_and_errors(tmp_path):
         HammingIndex(12, "annoy")
     with pytest.raises(ValueError, match="index is empty"):
         HammingIndex(12, "numpy").search(np.zeros((1, 2), dtype=np.uint8), 3)
+
+
+def test_pack_codes_refuses_relaxed_codes():
+    with pytest.raises(ValueError, match=r"entry \(0, 1\) is 0.2.*gdf_pyg.binarize"):
+        pack_codes(np.array([[1.0, 0.2, -1.0]]))
+    assert np.array_equal(pack_codes(np.array([[1, -1, -1, 1]])), np.array([[0b10010000]], dtype=np.uint8))

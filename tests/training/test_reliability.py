@@ -103,10 +103,11 @@ def test_two_processes_match_one_process(tmp_path, folder_root):
             "train.frozen_backbone=true", "model.graph.method=knn", *TINY_RUN, "optim.batch_size=8",
             "data.val_fraction=0.0", "loss.pairwise=0.5"]
     single, multi = tmp_path / "single", tmp_path / "multi"
-    subprocess.run(cli("train", "--out", str(single), *args), env=ENV, check=True, capture_output=True)
+    subprocess.run(cli("train", "--out", str(single), *args), env=ENV, check=True, capture_output=True, timeout=300)
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
                 f"--master_port={_free_port()}", "-m", "gdf_pyg.cli"]
-    res = subprocess.run([*torchrun, "train", "--out", str(multi), *args], env=ENV, capture_output=True, text=True)
+    res = subprocess.run([*torchrun, "train", "--out", str(multi), *args], env=ENV, capture_output=True, text=True,
+                         timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     one = load_checkpoint(single / "bits12" / "last.pt")["history"]
     two = load_checkpoint(multi / "bits12" / "last.pt")["history"]

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -36,3 +38,27 @@ def test_validation_happens_before_work(tmp_path, folder_root):
         TrainConfig.load(overrides=[f"data.root={folder_root}", *TINY, "model.backbone.weights_file=/no/such.pt"])
     with pytest.raises(ConfigError, match=r"unknown key data.roots; allowed keys: \["):
         TrainConfig.load(overrides=[f"data.roots={folder_root}", *TINY])
+
+
+def test_mixed_precision_trains_in_bf16_with_float32_losses(folder_root, tmp_path):
+    from gdf_pyg.models.gdfnet import GDFNet
+    from gdf_pyg.training.run_data import build_run_data
+    from gdf_pyg.training.trainer import Trainer, model_config_for
+
+    cfg = TrainConfig.load(overrides=[f"data.root={folder_root}", *TINY, "train.amp=true", "optim.lr=0.01"])
+    data = build_run_data(cfg, GDFNet(model_config_for(cfg, 12, 2)).image_config)
+    trainer = Trainer(cfg, 12, data, tmp_path, torch.device("cpu"))
+    seen = []
+    trainer.model.head.hash.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    trainer.model.backbone.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    items = [data.train_eval[i] for i in range(6)]
+    images, labels = torch.stack([it[0] for it in items]), torch.tensor([it[1] for it in items])
+    trainer._set_train_mode()
+    losses = []
+    for _ in range(6):
+        terms = trainer.backward(images, labels)
+        trainer.optimizer_step()
+        assert all(v.dtype == torch.float32 for v in terms.values())
+        losses.append(float(terms["loss"]))
+    assert set(seen) == {torch.bfloat16}  # the backbone and the hash layer ran under autocast
+    assert losses[-1] < losses[0] and all(map(math.isfinite, losses))

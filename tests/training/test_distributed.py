@@ -1,0 +1,113 @@
+"""Multi-process training on 2 real CPU processes (gloo) against one process on the same global
+batch: gradients with a fine-tuned backbone, sharded encoding, and a whole torchrun run with an
+unreadable image. Every test has a time limit, so a hang in a collective fails."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from gdf_pyg.training.config import TrainConfig
+from gdf_pyg.training.distributed import DistContext
+from gdf_pyg.training.encoding import encode_dataset
+from gdf_pyg.training.run_data import build_run_data
+from gdf_pyg.training.trainer import Trainer
+
+from ..conftest import ROOT, TINY_RUN, free_port, run_in_processes
+
+ENV = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+FINE_TUNED = [*TINY_RUN, "train.bits=[12]", "train.frozen_backbone=false", "train.freeze_backbone_bn=false",
+              "loss.pairwise=0.5", "data.val_fraction=0.0"]
+
+
+def _trainer(root: Path, ctx=None) -> Trainer:
+    torch.set_num_threads(1)
+    cfg = TrainConfig.load(overrides=[f"data.root={root}", *FINE_TUNED])
+    from gdf_pyg.models.gdfnet import GDFNet
+    from gdf_pyg.training.trainer import model_config_for
+
+    probe = GDFNet(model_config_for(cfg, 12, 2))
+    data = build_run_data(cfg, probe.image_config)
+    return Trainer(cfg, 12, data, root.parent / "out", torch.device("cpu"), ctx=ctx)
+
+
+def _global_batch(trainer: Trainer, n: int):
+    items = [trainer.data.train_eval[i] for i in range(n)]
+    return torch.stack([it[0] for it in items]), torch.tensor([it[1] for it in items])
+
+
+def _grads(rank, world, root, rows):
+    trainer = _trainer(Path(root), DistContext(rank, world))
+    images, labels = _global_batch(trainer, sum(rows))
+    start = sum(rows[:rank])
+    trainer._set_train_mode()
+    terms = trainer.backward(images[start:start + rows[rank]], labels[start:start + rows[rank]])
+    return {k: float(v.detach()) for k, v in terms.items()}, {n: p.grad.clone() for n, p in trainer.model.named_parameters()}
+
+
+@pytest.mark.parametrize("rows", [(2, 2), (3, 2)])
+def test_two_processes_compute_the_gradients_of_one_process(folder_root, rows):
+    single = _trainer(folder_root)
+    images, labels = _global_batch(single, sum(rows))
+    single._set_train_mode()
+    terms = single.backward(images, labels)
+    ref = {n: p.grad for n, p in single.model.named_parameters()}
+    assert any(n.startswith("backbone.") for n in ref)  # the backbone is fine-tuned
+    for loss, grads in run_in_processes(_grads, str(folder_root), rows, timeout=180):
+        for k, v in terms.items():
+            assert loss[k] == pytest.approx(float(v), rel=1e-5), k
+        assert grads.keys() == ref.keys()
+        # Equal up to float32 summation order (batch statistics reduced in another order). Gradients
+        # that are zero in exact arithmetic (a bias followed by batch norm) are rounding noise:
+        # they are compared against a thousandth of the whole gradient instead of themselves.
+        floor = 1e-3 * float(torch.sqrt(sum(g.norm() ** 2 for g in ref.values())))
+        errors = {name: float((grads[name] - g).norm()) / max(float(g.norm()), floor) for name, g in ref.items()}
+        assert max(errors.values()) < 1e-4, max(errors.items(), key=lambda kv: kv[1])
+
+
+class _Counting:
+    """Doubles images and counts the batches it sees."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, x):
+        self.calls += 1
+        return x.flatten(1)[:, :3] * 2
+
+
+def _encode(rank, world, root):
+    trainer = _trainer(Path(root))
+    fn = _Counting()
+    out = encode_dataset(fn, trainer.data.train_eval, 3, torch.device("cpu"), ctx=DistContext(rank, world))
+    return out.values, out.positions, out.batches, fn.calls
+
+
+def test_encoding_is_shared_among_processes_and_gathered(folder_root):
+    ref = encode_dataset(_Counting(), _trainer(folder_root).data.train_eval, 3, torch.device("cpu"))
+    parts = run_in_processes(_encode, str(folder_root), timeout=120)
+    assert sum(p[3] for p in parts) == 4 and all(p[3] == 2 for p in parts)  # 12 images, batches of 3
+    for values, positions, batches, _ in parts:
+        assert torch.equal(values, ref.values) and torch.equal(positions, ref.positions)
+        assert torch.equal(batches, ref.batches)
+
+
+def test_torchrun_fine_tunes_with_an_unreadable_image(tmp_path, folder_root):
+    bad = folder_root / "BLUE JAY" / "3.jpg"
+    bad.write_bytes(b"not a jpeg")
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "gdf_pyg.cli",
+           "train", "--out", str(run), "--no-progress", f"data.root={folder_root}", *TINY_RUN, "optim.epochs=2",
+           "train.bits=[12]", "train.frozen_backbone=false", "data.skip_bad_images=true", "optim.batch_size=5"]
+    env = {**ENV, "MASTER_PORT": str(free_port())}
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    summary = json.loads((run / "metrics.json").read_text())
+    assert summary["processes"] == 2
+    assert summary["skipped_images"] == [str(bad)]
+    assert 0.0 <= summary["results"]["12"]["metrics"]["map"] <= 1.0
