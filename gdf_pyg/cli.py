@@ -296,8 +296,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from .training.trainer import TrainingDivergedError
     from .utils.checks import ConfigError
 
+    from .utils.allocator import keep_freed_memory
+
     args = build_parser().parse_args(argv)
     _setup_logging(args.verbose)
+    keep_freed_memory()  # this process's allocator: reuse freed activation memory (CPU inference 1.5x)
     try:
         # Log lines go through tqdm while bars are drawn, so the two never interleave.
         with logging_redirect_tqdm():

@@ -11,7 +11,7 @@ import pytest
 from .conftest import FLOWERS, ROOT, needs_flowers
 
 SCRIPTS = ["graph_construction", "retrieval_engine", "training_throughput", "ablation",
-           pytest.param("paper_setting", marks=needs_flowers)]
+           pytest.param("paper_setting", marks=needs_flowers), pytest.param("pipeline", marks=needs_flowers)]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
 
 
@@ -46,3 +46,11 @@ def test_paper_setting_epoch_on_a_cub_sized_synthetic_set(tmp_path):
     run_quick("paper_setting", tmp_path, "--cub-synthetic")
     row = json.loads((tmp_path / "paper_cub_synthetic_quick.json").read_text())[0]
     assert row["images"] == 24 and row["queries"] == 12 and 0 <= row["mAP@all"] <= 1 and row["train images/s"] > 0
+
+
+@needs_flowers
+def test_pipeline_reports_every_stage_against_its_floor(tmp_path):
+    run_quick("pipeline", tmp_path)
+    rows = {r["stage"].split(" (")[0]: r for r in json.loads((tmp_path / "pipeline_quick.json").read_text())}
+    assert set(rows) >= {"encode real JPEGs", "mAP@all, ties averaged"}
+    assert all(0 < r["ours / floor"] and r["ours"] > 0 and r["floor"] > 0 for r in rows.values())

@@ -11,7 +11,7 @@ from .records import (
     stratified_split,
 )
 from .synthetic import SyntheticConfig, SyntheticFineGrained
-from .transforms import decode_size, eval_transform, train_transform
+from .transforms import decode_size, eval_transform, stack_images, train_transform
 
 __all__ = [
     "BadImageError",
@@ -31,6 +31,7 @@ __all__ = [
     "read_dogs",
     "read_image_folder",
     "read_splits",
+    "stack_images",
     "stratified_split",
     "train_transform",
     "write_split",

@@ -12,6 +12,8 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
+from .transforms import stack_images
+
 log = logging.getLogger(__name__)
 
 __all__ = [
@@ -122,7 +124,8 @@ def load_image(path: Path, bbox: Optional[Tuple[float, float, float, float]] = N
             if min_size is not None and bbox is None:
                 img.draft("RGB", min_size)
             img.load()
-            img = img.convert("RGB")
+            if img.mode != "RGB":  # convert() copies even when the mode is already right
+                img = img.convert("RGB")
     except FileNotFoundError as err:
         raise BadImageError(path, "file not found") from err
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
@@ -180,7 +183,7 @@ def collate_skipping_bad(items):
     good = [it for it in items if not (isinstance(it, tuple) and len(it) == 2 and it[0] == "bad")]
     if not good:
         return None, None, None, bad
-    images = torch.stack([g[0] for g in good])
+    images = stack_images([g[0] for g in good])
     labels = torch.tensor([g[1] for g in good], dtype=torch.long)
     indices = torch.tensor([g[2] for g in good], dtype=torch.long)
     return images, labels, indices, bad

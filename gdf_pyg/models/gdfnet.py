@@ -223,20 +223,18 @@ class GDFNet(nn.Module):
     @torch.no_grad()
     def encode(self, images: Tensor) -> Tensor:
         r"""Binary codes :math:`(B, K)` in :math:`\{-1, +1\}` (evaluation mode, no gradient)."""
-        was_training = self.training
-        self.eval()
-        try:
-            return binarize(self(images).codes)
-        finally:
-            self.train(was_training)
+        return self._binary_codes(self.forward, images)
 
     @torch.no_grad()
     def encode_features(self, fmap: Tensor) -> Tensor:
         r"""Binary codes from cached feature maps (evaluation mode)."""
+        return self._binary_codes(self.forward_head, fmap)
+
+    def _binary_codes(self, forward, inputs: Tensor) -> Tensor:
         was_training = self.training
         self.eval()
         try:
-            return binarize(self.forward_head(fmap).codes)
+            return binarize(forward(inputs).codes)
         finally:
             self.train(was_training)
 

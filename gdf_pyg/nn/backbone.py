@@ -107,7 +107,8 @@ class FeatureBackbone(nn.Module):
             deepest). (default: :obj:`-1`)
 
     Shapes:
-        - **input:** images :math:`(B, 3, H, W)`, normalised with :attr:`mean`, :attr:`std`
+        - **input:** images :math:`(B, 3, H, W)`: uint8 pixels (normalised here with the weights'
+          mean and std), or floats already normalised
         - **output:** feature map :math:`(B, C, \lceil H / r \rceil, \lceil W / r \rceil)`
           with :math:`C` = :attr:`channels`, :math:`r` = :attr:`reduction`
     """
@@ -139,6 +140,12 @@ class FeatureBackbone(nn.Module):
         # Input size, interpolation, crop, mean and std the weights were trained with; the image
         # transforms are built from it (gdf_pyg.data.transforms).
         self.pretrained_cfg: Dict[str, Any] = dict(self.model.pretrained_cfg or {})
+        norm = resolve_data_config({}, pretrained_cfg=self.pretrained_cfg)
+        # uint8 pixels are normalised here, batch-wise: (x / 255 - mean) / std = x * scale + shift.
+        scale = 1.0 / (255.0 * torch.tensor(norm["std"]))
+        self.register_buffer("pixel_scale", scale.view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_shift", (-torch.tensor(norm["mean"]) / torch.tensor(norm["std"])).view(1, 3, 1, 1),
+                             persistent=False)
 
     def image_config(self, img_size: int) -> Dict[str, Any]:
         """timm's data config (``input_size``, ``interpolation``, ``mean``, ``std``, ``crop_pct``,
@@ -154,9 +161,16 @@ class FeatureBackbone(nn.Module):
             self.train(was_training)
         return int(h), int(w)
 
+    def normalize(self, images: Tensor) -> Tensor:
+        """uint8 pixels to the normalised float input of the weights (float images pass as they are)."""
+        if images.dtype != torch.uint8:
+            return images
+        return torch.addcmul(self.pixel_shift, images.float(), self.pixel_scale)
+
     def forward(self, images: Tensor) -> Tensor:
-        # channels-last runs the convolutions (depthwise ones above all) markedly faster on CPU.
-        return self.model(images.contiguous(memory_format=torch.channels_last))[-1]
+        # channels-last runs the convolutions (depthwise ones above all) markedly faster on CPU;
+        # batches of stack_images already are, so this copies nothing then.
+        return self.model(self.normalize(images).contiguous(memory_format=torch.channels_last))[-1]
 
     def __repr__(self) -> str:
         return (

@@ -54,6 +54,8 @@ class _NeighbourMax(torch.autograd.Function):
         return out.scatter_add_(0, winner, grad), None
 
 
+# Our own rather than PyG's EdgeConv: with a linear edge function both maps run per node, k times
+# fewer multiply-adds than EdgeConv's per-edge MLP, with the same output (tests/nn/test_conv.py).
 class FactorizedEdgeConv(MessagePassing):
     r"""The edge convolution of DGCNN (`"Dynamic Graph CNN for Learning on Point Clouds"
     <https://arxiv.org/abs/1801.07829>`_) with a linear edge function, evaluated per node.

@@ -164,20 +164,15 @@ class HammingIndex:
         return out_d, out_i
 
     def _search_faiss(self, queries: np.ndarray, k: int) -> Tuple[np.ndarray, np.ndarray]:
-        index = self._faiss_index()
-        extra = min(k + 1, len(self))
-        dist, ids = index.search(queries, extra)
+        dist, ids = self._faiss_index().search(queries, k)
         dist, ids = dist.astype(np.int32), ids.astype(np.int64)
         if self.engine == "faiss":
-            # FAISS orders equal distances arbitrarily; where a tie crosses the k-th place,
-            # collect every code within that distance and break ties by id, exactly.
-            crossing = np.nonzero(dist[:, k - 1] == dist[:, extra - 1])[0] if extra > k else np.zeros(0, dtype=int)
-            for row in crossing:
-                lims, d, i = index.range_search(queries[row:row + 1], int(dist[row, k - 1]) + 1)
-                dd, ii = _topk_by_distance_then_id(d[None].astype(np.int32), i[None].astype(np.int64), k)
-                dist[row, :k], ids[row, :k] = dd[0], ii[0]
-        dd, ii = _topk_by_distance_then_id(dist[:, :k] if extra > k else dist, ids[:, :k] if extra > k else ids, k)
-        return dd, ii
+            # Already the exact rule: IndexBinaryFlat scans ids in order and its heap compares
+            # (distance, id) pairs, so among codes tied at the k-th distance the smallest ids
+            # stay, and the result comes out in (distance, id) order (faiss/utils/hamming.cpp;
+            # tests/retrieval/test_index.py checks it on codes full of ties).
+            return dist, ids
+        return _topk_by_distance_then_id(dist, ids, k)  # HNSW: its own order, made deterministic
 
 
 @dataclass

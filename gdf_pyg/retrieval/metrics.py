@@ -40,6 +40,7 @@ the expectation is taken over it exactly.
 """
 from __future__ import annotations
 
+# Our own: no maintained library computes tie-aware AP, or AP from Hamming-distance counts.
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Dict, Optional, Sequence, Tuple, Union

@@ -13,6 +13,7 @@ from ..data import ImageRecord, ImageRecordDataset, decode_size, eval_transform
 from ..data.layouts import IMAGE_SUFFIXES
 from ..data.records import DatasetLayoutError
 from ..models.gdfnet import GDFNet
+from ..training.config import EvalConfig
 from ..training.encoding import encode_dataset
 from ..training.run import load_model
 from ..utils.progress import Progress, no_progress
@@ -25,7 +26,7 @@ __all__ = ["build_index", "collect_images", "encode_records", "eval_batch_size",
 
 def eval_batch_size(state: Dict[str, Any]) -> int:
     """The encoding batch size a checkpoint's run evaluated with (``eval.batch_size``)."""
-    return int(state.get("config", {}).get("eval", {}).get("batch_size", 32))
+    return int(state.get("config", {}).get("eval", {}).get("batch_size", EvalConfig().batch_size))
 
 
 def collect_images(root: Path | str, classes: Optional[Sequence[str]] = None) -> Tuple[List[ImageRecord], List[str]]:

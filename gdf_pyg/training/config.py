@@ -88,12 +88,13 @@ class EvalConfig:
     """Evaluation: the encoding batch size and the metrics reported besides mAP@all.
 
     Training's evaluation and ``gdf-pyg eval`` encode in batches of ``batch_size`` in
-    float32, so both compute the same codes.
+    float32, so both compute the same codes. 8 is the fastest on a 2-core CPU
+    (benchmarks/pipeline.py); on a GPU larger batches are (the paper preset uses 64).
     """
 
     topks: List[int] = field(default_factory=lambda: [100, 1000])
     radius: int = 2
-    batch_size: int = 32
+    batch_size: int = 8
 
     def validate(self, prefix: str = "eval") -> None:
         require(self.batch_size >= 1, f"{prefix}.batch_size", f"must be >= 1, got {self.batch_size}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
@@ -89,6 +90,7 @@ def encode_dataset(
     appended to ``skipped``.
     """
     ctx = ctx or DistContext()
+    start = time.perf_counter()
     plan, first = _batch_plan(len(dataset), batch_size, ctx)
     loader = DataLoader(dataset, batch_sampler=plan, num_workers=num_workers, collate_fn=collate_skipping_bad,
                         persistent_workers=False)
@@ -110,6 +112,8 @@ def encode_dataset(
         skipped.extend(_gather_paths(mine, ctx))
     if len(out.values) == 0:
         raise RuntimeError(f"{desc}: no readable image in the dataset")
+    seconds = time.perf_counter() - start
+    log.info("%s: %d images in %.1f s (%.0f images/s)", desc, len(out.values), seconds, len(out.values) / seconds)
     return out
 
 

@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 from torchvision import transforms as T
 
-from gdf_pyg.data import decode_size, eval_transform, train_transform
+from gdf_pyg.data import decode_size, eval_transform, stack_images, train_transform
 from gdf_pyg.data.records import load_image
 from gdf_pyg.nn.backbone import FeatureBackbone
 
@@ -29,15 +29,25 @@ def test_transform_follows_the_backbones_pretrained_config(name, crop_pct, mean)
     steps = eval_transform(cfg).transforms
     resize = next(t for t in steps if isinstance(t, T.Resize))
     assert resize.size == math.floor(448 / crop_pct) and resize.interpolation == T.InterpolationMode.BICUBIC
-    assert next(t for t in steps if isinstance(t, T.Normalize)).mean == pytest.approx(mean)
+    assert not any(isinstance(t, T.Normalize) for t in steps)  # the backbone normalises whole batches
 
 
-def test_transforms_give_normalised_tensors_of_the_input_size():
-    img = Image.new("RGB", (90, 60), (255, 0, 0))
+def test_transforms_give_pixels_and_the_backbone_normalises_them():
+    img = Image.new("RGB", (90, 60), (255, 0, 51))
     for transform in (eval_transform(image_config(32)), train_transform(image_config(32))):
         out = transform(img)
-        assert out.shape == (3, 32, 32)
-        assert torch.allclose(out[0], torch.ones(32, 32)) and torch.allclose(out[1], -torch.ones(32, 32))
+        assert out.shape == (3, 32, 32) and out.dtype == torch.uint8
+        assert out[0].eq(255).all() and out[1].eq(0).all() and out[2].eq(51).all()
+    batch = stack_images([eval_transform(image_config(32))(img)] * 4)
+    assert batch.shape == (4, 3, 32, 32) and batch.is_contiguous(memory_format=torch.channels_last)
+    backbone = FeatureBackbone("resnet50", pretrained=False)
+    mean, std = torch.tensor((0.485, 0.456, 0.406)), torch.tensor((0.229, 0.224, 0.225))
+    expected = (torch.tensor([255.0, 0.0, 51.0]) / 255 - mean) / std
+    normalised = backbone.normalize(batch)
+    assert torch.allclose(normalised[:, :, 5, 7], expected.expand(4, 3), atol=1e-6)
+    assert normalised.is_contiguous(memory_format=torch.channels_last)
+    floats = torch.randn(2, 3, 8, 8)
+    assert backbone.normalize(floats) is floats  # float images are taken as already normalised
 
 
 def test_decode_size_keeps_what_the_transform_needs():

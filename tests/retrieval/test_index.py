@@ -83,3 +83,19 @@ def test_pack_codes_refuses_relaxed_codes():
     with pytest.raises(ValueError, match=r"entry \(0, 1\) is 0.2.*gdf_pyg.binarize"):
         pack_codes(np.array([[1.0, 0.2, -1.0]]))
     assert np.array_equal(pack_codes(np.array([[1, -1, -1, 1]])), np.array([[0b10010000]], dtype=np.uint8))
+
+
+@pytest.mark.parametrize("engine", EXACT)
+@pytest.mark.parametrize("bits", [8, 12])
+def test_exact_search_with_huge_tie_groups(engine, bits):
+    # 5,000 codes of 8 or 12 bits: hundreds of codes at every distance, so the k-th place always
+    # falls inside a tie group; the smallest ids of that group must be the ones returned.
+    rng = np.random.default_rng(bits)
+    db, q = codes(5000, bits, rng), codes(50, bits, rng)
+    index = HammingIndex(bits, engine)
+    index.add(pack_codes(db))
+    for k in (7, 100, 1000):
+        dist, ids = index.search(pack_codes(q), k)
+        ref_d, ref_i = brute_force(q, db, k)
+        assert np.array_equal(dist, ref_d) and np.array_equal(ids, ref_i)
+        assert (ref_d[:, -1][:, None] == brute_force(q, db, 5000)[0]).sum(1).min() > k // 7  # ties cross the cut
