@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
 # One-command set-up of the gdf-pyg development environment.
 #
-# Creates .venv in the repository, installs the pinned torch/torchvision, builds torch-cluster
-# once (the wheel is cached outside the repository and reused by every later set-up), and
-# installs gdf-pyg in editable mode with its test, FAISS and benchmark extras.
+# Creates .venv in the repository, installs the pinned torch/torchvision and gdf-pyg in editable
+# mode with its test, FAISS and benchmark extras: everything the main job needs.
+#   scripts/setup.sh                  # the above (what `make demo` runs)
+#   scripts/setup.sh --with-cluster   # also torch-cluster, for the tests, the benchmarks and
+#                                     # backend="torch_cluster" (what `make test` runs)
+# torch-cluster compiles from source for several minutes: it is built only when asked for, once;
+# the wheel is cached outside the repository and reused by every later set-up.
 #
 # Environment overrides:
 #   PYTHON                   interpreter used to create the venv         (default: python3.11)
@@ -12,7 +16,7 @@
 #   GDF_TORCH_CLUSTER_VERSION torch-cluster version built from source    (default: 1.6.3)
 #   MAX_JOBS                 extensions compiled at once                 (default: nproc)
 #   GDF_WHEEL_CACHE          where built wheels are kept (default: ${XDG_CACHE_HOME:-~/.cache}/gdf-pyg/wheels)
-#   GDF_SKIP_TORCH_CLUSTER=1 skip torch-cluster (the pure-PyTorch backend still works)
+#   GDF_SKIP_TORCH_CLUSTER=1 never build torch-cluster, even with --with-cluster (the dense backend needs nothing)
 #   GDF_EXTRAS               extras installed with the package           (default: test,faiss,bench)
 set -euo pipefail
 
@@ -28,26 +32,48 @@ EXTRAS="${GDF_EXTRAS:-test,faiss,bench}"
 VENV="$root/.venv"
 PIP="$VENV/bin/python -m pip"
 
-# The stamp records everything that decides the environment: when it matches, there is nothing to do.
-stamp_key="$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)-$TORCH_VERSION-$TORCHVISION_VERSION-$CLUSTER_VERSION-${GDF_SKIP_TORCH_CLUSTER:-0}-$EXTRAS"
+with_cluster=0
+force=0
+for arg in "$@"; do
+    case "$arg" in
+        --with-cluster) with_cluster=1 ;;
+        --force) force=1 ;;
+        *) echo "[setup] unknown option $arg (expected --with-cluster, --force)" >&2; exit 2 ;;
+    esac
+done
+[[ "${GDF_SKIP_TORCH_CLUSTER:-0}" == "1" ]] && with_cluster=0
+
+# Stamps record everything that decides each part of the environment: when they match, nothing runs.
+stamp_key="$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)-$TORCH_VERSION-$TORCHVISION_VERSION-$EXTRAS"
 stamp="$VENV/.gdf-setup-stamp"
-if [[ -f "$stamp" && "$(cat "$stamp")" == "$stamp_key" && "${1:-}" != "--force" ]]; then
+cluster_stamp="$VENV/.gdf-cluster-stamp"
+core_done=0
+[[ -f "$stamp" && "$(cat "$stamp")" == "$stamp_key" && "$force" == 0 ]] && core_done=1
+cluster_done=1
+[[ "$with_cluster" == 1 && ! ( -f "$cluster_stamp" && "$(cat "$cluster_stamp")" == "$stamp_key-$CLUSTER_VERSION" ) ]] && cluster_done=0
+[[ "$with_cluster" == 1 && "$force" == 1 ]] && cluster_done=0
+if [[ "$core_done" == 1 && "$cluster_done" == 1 ]]; then
     exit 0
 fi
 
 log() { echo "[setup] $*" >&2; }
 
-if [[ ! -x "$VENV/bin/python" ]]; then
-    log "creating $VENV with $PYTHON"
-    "$PYTHON" -m venv "$VENV"
+if [[ "$core_done" == 0 ]]; then
+    if [[ ! -x "$VENV/bin/python" ]]; then
+        log "creating $VENV with $PYTHON"
+        "$PYTHON" -m venv "$VENV"
+    fi
+    $PIP install --quiet --upgrade pip setuptools wheel
+    log "installing torch==$TORCH_VERSION torchvision==$TORCHVISION_VERSION"
+    $PIP install --quiet "torch==$TORCH_VERSION" "torchvision==$TORCHVISION_VERSION"
+    log "installing gdf-pyg[$EXTRAS]"
+    $PIP install --quiet -e ".[$EXTRAS]"
+    rm -f "$cluster_stamp"  # a new torch needs its own torch-cluster build
+    echo "$stamp_key" > "$stamp"
+    cluster_done=$(( with_cluster == 1 ? 0 : 1 ))
 fi
-$PIP install --quiet --upgrade pip setuptools wheel
 
-log "installing torch==$TORCH_VERSION torchvision==$TORCHVISION_VERSION"
-$PIP install --quiet "torch==$TORCH_VERSION" "torchvision==$TORCHVISION_VERSION"
-
-cluster_args=()
-if [[ "${GDF_SKIP_TORCH_CLUSTER:-0}" != "1" ]]; then
+if [[ "$cluster_done" == 0 ]]; then
     # The wheel is specific to the torch it was compiled against: one cache folder per torch build.
     torch_tag="$("$VENV/bin/python" -c 'import torch; print(torch.__version__.replace("+", "_"))')"
     py_tag="$("$VENV/bin/python" -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")')"
@@ -73,11 +99,7 @@ if [[ "${GDF_SKIP_TORCH_CLUSTER:-0}" != "1" ]]; then
     else
         log "reusing cached $wheel"
     fi
-    cluster_args=("$wheel")
+    $PIP install --quiet --no-deps "$wheel"
+    echo "$stamp_key-$CLUSTER_VERSION" > "$cluster_stamp"
 fi
-
-log "installing gdf-pyg[$EXTRAS]"
-$PIP install --quiet "${cluster_args[@]}" -e ".[$EXTRAS]"
-
-echo "$stamp_key" > "$stamp"
 log "done: $VENV"

@@ -154,7 +154,8 @@ def _check_backend(backend: str) -> None:
     if backend == "torch_cluster" and not has_torch_cluster():
         raise ImportError(
             "backend='torch_cluster' needs the torch-cluster package "
-            "(pip install torch-cluster --no-build-isolation); backend='dense' needs nothing"
+            "(in a clone of gdf-pyg: scripts/setup.sh --with-cluster, which compiles it once; elsewhere: "
+            "pip install torch-cluster --no-build-isolation); backend='dense' needs nothing"
         )
     if backend == "faiss" and not has_faiss():
         raise ImportError("backend='faiss' needs faiss-cpu (pip install faiss-cpu); backend='dense' needs nothing")
