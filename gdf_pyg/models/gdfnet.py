@@ -1,10 +1,11 @@
 r"""GDF-Net: backbone -> region nodes -> graph aggregation -> semantic hash layer."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -21,7 +22,7 @@ from ..utils.config_io import apply_overrides, from_dict, load_yaml, to_dict
 
 log = logging.getLogger(__name__)
 
-__all__ = ["GDFNet", "GDFNetConfig", "GDFOutput", "RegionGraphEncoder"]
+__all__ = ["GDFNet", "GDFNetConfig", "GDFOutput", "RegionGraphEncoder", "SharedEncoderGDFNet"]
 
 
 @dataclass
@@ -242,3 +243,50 @@ class GDFNet(nn.Module):
         c = self.config
         graph = "none" if self.aggregation is None else f"{c.nodes.kind} nodes, {c.graph.method} graph, {c.aggregation.conv}"
         return f"{self.__class__.__name__}({self.backbone!r}, {graph}, bits={c.bits}, num_classes={c.num_classes})"
+
+
+class SharedEncoderGDFNet(GDFNet):
+    r"""GDF-Net with one hash head per code length on a single backbone and region-graph encoder
+    (``train.shared_encoder``): every code length trains for the cost of one.
+
+    :meth:`forward_head` returns the heads' codes and logits concatenated in the order of
+    ``bits`` (codes :math:`(B, \sum_b K_b)`, logits :math:`(B, n_{bits} C)`);
+    :meth:`single_state` is the state dict of the plain :class:`GDFNet` of one code length.
+
+    Args:
+        config (GDFNetConfig): the model's configuration (``config.bits`` is ignored).
+        bits (sequence of int): the code lengths, one head each.
+    """
+
+    def __init__(self, config: GDFNetConfig, bits: Sequence[int]) -> None:
+        if not bits:
+            raise ValueError("bits needs at least one code length")
+        super().__init__(dataclasses.replace(config, bits=int(bits[0])))
+        del self.head
+        self.heads = nn.ModuleDict({str(b): HashHead(self.feature_dim, int(b), config.num_classes, config.hash_dropout)
+                                    for b in bits})
+
+    @property
+    def all_bits(self) -> List[int]:
+        return [int(b) for b in self.heads]
+
+    def head_modules(self) -> nn.ModuleList:
+        return nn.ModuleList([self.encoder, self.heads])
+
+    def forward_head(self, fmap: Tensor) -> GDFOutput:
+        features = self.encoder(fmap)
+        outputs = [head(features) for head in self.heads.values()]
+        return GDFOutput(torch.cat([c for c, _ in outputs], 1), torch.cat([z for _, z in outputs], 1), features)
+
+    def split(self, values: Tensor) -> Dict[int, Tensor]:
+        """Concatenated codes ``(..., sum K_b)`` as one tensor per code length."""
+        return dict(zip(self.all_bits, values.split(self.all_bits, dim=-1)))
+
+    def single_state(self, bits: int, state: Optional[Mapping[str, Tensor]] = None) -> Dict[str, Tensor]:
+        """The state dict of the :class:`GDFNet` of ``bits`` bits (from ``state``, one of this
+        model's state dicts, or the current weights)."""
+        state = self.state_dict() if state is None else state
+        prefix = f"heads.{bits}."
+        out = {k: v for k, v in state.items() if not k.startswith("heads.")}
+        out.update({"head." + k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
+        return out

@@ -53,7 +53,9 @@ class TrainSection:
     ``init_from`` names an earlier run directory whose ``bits<K>/best.pt`` weights start the
     model of each code length (e.g. fine-tune end to end after a frozen-backbone run).
     ``freeze_backbone_bn`` keeps the backbone's batch-norm statistics at their pretrained
-    values while it is fine-tuned (small batches estimate them poorly).
+    values while it is fine-tuned (small batches estimate them poorly). ``shared_encoder`` trains
+    every code length as a hash head of one encoder, once, instead of one model per code length
+    (the paper's way, the default); each code length is still selected and saved on its own.
     """
 
     bits: List[int] = field(default_factory=lambda: [12, 24, 32, 48])
@@ -66,6 +68,7 @@ class TrainSection:
     feature_flip: bool = True
     init_from: Optional[str] = None
     freeze_backbone_bn: bool = True
+    shared_encoder: bool = False
 
     def validate(self, prefix: str = "train") -> None:
         require(len(self.bits) >= 1, f"{prefix}.bits", "needs at least one code length")
@@ -75,6 +78,8 @@ class TrainSection:
         require(self.device in ("auto", "cpu") or self.device.startswith("cuda"), f"{prefix}.device",
                  f"expected 'auto', 'cpu' or 'cuda[:N]', got {self.device!r}")
         require(self.eval_every >= 1, f"{prefix}.eval_every", f"must be >= 1, got {self.eval_every}")
+        require(not (self.shared_encoder and self.init_from is not None), f"{prefix}.init_from",
+                "starts separate models; it cannot be combined with train.shared_encoder=true")
         if self.init_from is not None:
             run = Path(self.init_from).expanduser()
             missing = [b for b in self.bits if not (run / f"bits{b}" / "best.pt").is_file()]

@@ -33,7 +33,7 @@ from .trainer import Trainer, model_config_for
 
 log = logging.getLogger(__name__)
 
-__all__ = ["evaluate_codes", "load_model", "resolve_device", "train", "train_bits"]
+__all__ = ["evaluate_codes", "load_model", "resolve_device", "train", "train_bits", "train_shared"]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -89,6 +89,27 @@ def _write_history(path: Path, history: List[Dict[str, float]]) -> None:
         writer.writerows(history)
 
 
+def _final_result(cfg: TrainConfig, trainer: Trainer, model: GDFNet, bits: int, out: Path,
+                  checkpoint: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    """Evaluates ``model`` (the selected one of ``bits`` bits) through the encoding of ``gdf-pyg
+    eval``, then writes ``best.pt``, ``history.csv`` and ``result.json`` (main process)."""
+    ctx, data = trainer.ctx, trainer.data
+    test, train = trainer.codes("test", model), trainer.codes("train", model)  # every process takes part
+    if not ctx.is_main:
+        return None
+    save_checkpoint(checkpoint, out / "best.pt")
+    report, curve = evaluate_codes(test.values, data.test_labels[test.positions], train.values,
+                                   data.train_labels[train.positions], cfg.eval.topks, cfg.eval.radius)
+    _write_history(out / "history.csv", trainer.history)
+    result = {
+        "bits": bits, "metrics": report, "best_epoch": checkpoint["best_epoch"], "val_map": checkpoint["best_metric"],
+        "pr_curve": curve.to_rows(), "train_images_per_s": float(np.mean([h["images_per_s"] for h in trainer.history])),
+        "queries": len(test.values), "database": len(train.values), "processes": ctx.world_size,
+    }
+    (out / "result.json").write_text(json.dumps(result, indent=1))
+    return result
+
+
 def train_bits(cfg: TrainConfig, bits: int, data: RunData, run_dir: Path, device: torch.device,
                features: Optional[Dict[str, EncodedSet]] = None, progress: Progress = no_progress,
                resume: bool = False, ctx: Optional[DistContext] = None) -> Optional[Dict[str, Any]]:
@@ -108,20 +129,33 @@ def train_bits(cfg: TrainConfig, bits: int, data: RunData, run_dir: Path, device
         trainer.resume(out / "last.pt")
     trainer.fit()
     trainer.model.load_state_dict(trainer.best_state)
-    test, train = trainer.codes("test"), trainer.codes("train")  # every process takes part
-    if not ctx.is_main:
-        return None
-    save_checkpoint(trainer.model_checkpoint(), out / "best.pt")
-    report, curve = evaluate_codes(test.values, data.test_labels[test.positions], train.values,
-                                   data.train_labels[train.positions], cfg.eval.topks, cfg.eval.radius)
-    _write_history(out / "history.csv", trainer.history)
-    result = {
-        "bits": bits, "metrics": report, "best_epoch": trainer.best_epoch, "val_map": trainer.best_metric,
-        "pr_curve": curve.to_rows(), "train_images_per_s": float(np.mean([h["images_per_s"] for h in trainer.history])),
-        "queries": len(test.values), "database": len(train.values), "processes": ctx.world_size,
-    }
-    done.write_text(json.dumps(result, indent=1))
-    return result
+    return _final_result(cfg, trainer, trainer.model, bits, out, trainer.model_checkpoint())
+
+
+def train_shared(cfg: TrainConfig, data: RunData, run_dir: Path, device: torch.device,
+                 features: Optional[Dict[str, EncodedSet]] = None, progress: Progress = no_progress,
+                 resume: bool = False, ctx: Optional[DistContext] = None) -> Dict[int, Optional[Dict[str, Any]]]:
+    """Every code length as a head of one encoder (``train.shared_encoder``), trained in
+    ``RUN_DIR/shared``; each code length is then selected, saved and evaluated as a plain
+    GDF-Net in ``RUN_DIR/bits{K}``, like separately trained models."""
+    from .shared import SharedEncoderTrainer
+
+    ctx = ctx or DistContext()
+    bits = list(cfg.train.bits)
+    outs = {b: run_dir / f"bits{b}" for b in bits}
+    if resume and all((o / "result.json").is_file() for o in outs.values()):
+        log.info("shared encoder: already finished in an earlier run, kept")
+        return {b: json.loads((o / "result.json").read_text()) if ctx.is_main else None for b, o in outs.items()}
+    if ctx.is_main:
+        for o in [run_dir / "shared", *outs.values()]:
+            o.mkdir(parents=True, exist_ok=True)
+    barrier(ctx)
+    trainer = SharedEncoderTrainer(cfg, bits, data, run_dir / "shared", device, features, progress, ctx)
+    if resume and (run_dir / "shared" / "last.pt").is_file():
+        trainer.resume(run_dir / "shared" / "last.pt")
+    trainer.fit()
+    return {b: _final_result(cfg, trainer, trainer.single_model(b, trainer.best_state[b]), b, outs[b],
+                             trainer.model_checkpoint_of(b)) for b in bits}
 
 
 def train(cfg: TrainConfig, run_dir: Path | str, *, progress: Progress = no_progress, resume: bool = False,
@@ -170,8 +204,11 @@ def train(cfg: TrainConfig, run_dir: Path | str, *, progress: Progress = no_prog
         cache = Path(cache_dir or cfg.train.cache_dir or run_dir / "cache")
         features = cached_features(cfg, data, probe.to(device), device, cache, progress, ctx)
     del probe
-    results = {bits: train_bits(cfg, bits, data, run_dir, device, features, progress, resume, ctx)
-               for bits in cfg.train.bits}
+    if cfg.train.shared_encoder:
+        results = train_shared(cfg, data, run_dir, device, features, progress, resume, ctx)
+    else:
+        results = {bits: train_bits(cfg, bits, data, run_dir, device, features, progress, resume, ctx)
+                   for bits in cfg.train.bits}
     if not ctx.is_main:
         return None
     summary = {"dataset": data.name, "num_classes": data.num_classes, "skipped_images": sorted(set(data.skipped)),

@@ -23,7 +23,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from ..data.records import collate_skipping_bad
-from ..models.gdfnet import GDFNet, GDFNetConfig
+from ..models.gdfnet import GDFNet, GDFNetConfig, GDFOutput
 from ..nn.losses import GDFLoss
 from ..nn.sync import convert_batchnorm
 from ..retrieval.metrics import mean_average_precision
@@ -92,6 +92,7 @@ class Trainer:
                  features: Optional[Dict[str, EncodedSet]] = None, progress: Progress = no_progress,
                  ctx: Optional[DistContext] = None) -> None:
         self.cfg, self.bits, self.data, self.out, self.device = cfg, bits, data, out, device
+        self.label = f"{bits} bits"
         self.features, self.ctx = features, ctx or DistContext()
         self.progress = progress if self.ctx.is_main else no_progress
         self.frozen = cfg.train.frozen_backbone
@@ -115,18 +116,25 @@ class Trainer:
     # ---- set-up -------------------------------------------------------------------------
     def _build_model(self) -> GDFNet:
         cfg = self.cfg
-        # Every generator the run draws from: torch (initialisation, augmentation), NumPy, and
-        # Python's (timm's random crops).
-        torch.manual_seed(cfg.train.seed)
-        np.random.seed(cfg.train.seed % 2**32)
-        random.seed(cfg.train.seed)
+        self._seed()
         model = GDFNet(model_config_for(cfg, self.bits, self.data.num_classes))
         if cfg.train.init_from is not None:
             start = Path(cfg.train.init_from).expanduser() / f"bits{self.bits}" / "best.pt"
             model.load_state_dict(load_checkpoint(start)["model"])
-            log.info("%d bits: starting from the weights of %s", self.bits, start)
+            log.info("%s: starting from the weights of %s", self.label, start)
+        return self._place(model)
+
+    def _seed(self) -> None:
+        # Every generator the run draws from: torch (initialisation, augmentation), NumPy, and
+        # Python's (timm's random crops).
+        seed = self.cfg.train.seed
+        torch.manual_seed(seed)
+        np.random.seed(seed % 2**32)
+        random.seed(seed)
+
+    def _place(self, model: GDFNet) -> GDFNet:
+        """Global batch statistics under several processes, the device, a frozen backbone."""
         if self.ctx.active:
-            # Statistics over the global batch, as in one process.
             if self.device.type == "cuda":
                 from timm.layers import convert_sync_batchnorm
 
@@ -169,11 +177,17 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "generator": self.generator.get_state(),
             "rng": capture_rng(),
-            "best_metric": self.best_metric,
-            "best_epoch": self.best_epoch,
-            "best_model": self.best_state if self.best_state is not None else {},
             "history": self.history,
+            **self._selection_state(),
         }
+
+    def _selection_state(self) -> Dict[str, Any]:
+        return {"best_metric": self.best_metric, "best_epoch": self.best_epoch,
+                "best_model": self.best_state if self.best_state is not None else {}}
+
+    def _restore_selection(self, state: Dict[str, Any]) -> None:
+        self.best_metric, self.best_epoch = float(state["best_metric"]), int(state["best_epoch"])
+        self.best_state = state["best_model"] or None
 
     def model_checkpoint(self) -> Dict[str, Any]:
         """The selected model alone (``best.pt``): weights, configuration, classes, history."""
@@ -193,10 +207,9 @@ class Trainer:
         restore_rng(state["rng"])
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
         self.scheduler.step_update(self.step)
-        self.best_metric, self.best_epoch = float(state["best_metric"]), int(state["best_epoch"])
-        self.best_state = state["best_model"] or None
+        self._restore_selection(state)
         self.history = list(state["history"])
-        log.info("%d bits: resumed from %s at epoch %d", self.bits, path, self.epoch)
+        log.info("%s: resumed from %s at epoch %d", self.label, path, self.epoch)
 
     # ---- batches ------------------------------------------------------------------------
     def _epoch_shards(self) -> List[Tuple[Tensor, Tensor]]:
@@ -260,25 +273,28 @@ class Trainer:
         the gradients are those of the whole global batch. ``None`` (nothing done, on every
         process alike) when the global batch holds fewer than 2 images."""
         if self._global_count(len(labels)) < 2:
-            log.warning("%d bits: step %d skipped: fewer than 2 readable images in the batch", self.bits,
-                        self.step + 1)
+            log.warning("%s: step %d skipped: fewer than 2 readable images in the batch", self.label, self.step + 1)
             return None
         inputs, labels = inputs.to(self.device, non_blocking=True), labels.to(self.device)
         with autocast(self.device, self.cfg.train.amp):
             out = self.step_module(inputs, self.frozen)
-        terms = self.loss_fn(out.codes.float(), out.logits.float(), labels)
+        terms = self.losses(out, labels)
         loss = terms["loss"]
         if not bool(torch.isfinite(loss)):
             raise TrainingDivergedError(
-                f"{self.bits} bits: loss is {loss.item()} at epoch {self.epoch + 1}, step {self.step + 1}; "
+                f"{self.label}: loss is {loss.item()} at epoch {self.epoch + 1}, step {self.step + 1}; "
                 f"the last good checkpoint is kept in {self.out}")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if not _all_finite(self.params):
             raise TrainingDivergedError(
-                f"{self.bits} bits: a gradient is NaN or inf at epoch {self.epoch + 1}, step {self.step + 1}; "
+                f"{self.label}: a gradient is NaN or inf at epoch {self.epoch + 1}, step {self.step + 1}; "
                 f"the last good checkpoint is kept in {self.out}")
         return terms
+
+    def losses(self, out: GDFOutput, labels: Tensor) -> Dict[str, Tensor]:
+        """The loss terms, in float32, of the model's output."""
+        return self.loss_fn(out.codes.float(), out.logits.float(), labels)
 
     def optimizer_step(self) -> None:
         if self.cfg.optim.grad_clip > 0:
@@ -301,7 +317,7 @@ class Trainer:
         self._set_train_mode()
         sums: Dict[str, float] = {}
         n_images, n_steps, t0 = 0, 0, time.perf_counter()
-        batches = self.progress(self.train_batches(), desc=f"{self.bits} bits, epoch {self.epoch + 1}",
+        batches = self.progress(self.train_batches(), desc=f"{self.label}, epoch {self.epoch + 1}",
                                 total=self.steps_per_epoch)
         for inputs, labels in batches:
             terms = self.backward(inputs, labels)
@@ -325,23 +341,24 @@ class Trainer:
         return stats
 
     # ---- evaluation ---------------------------------------------------------------------
-    def codes(self, split: str) -> EncodedSet:
-        """Binary codes of the whole ``train`` or ``test`` split with the current weights,
-        computed as ``gdf-pyg eval`` computes them (float32, batches of ``eval.batch_size``),
-        shared among the processes."""
-        self.model.eval()
+    def codes(self, split: str, model: Optional[GDFNet] = None) -> EncodedSet:
+        """Binary codes of the whole ``train`` or ``test`` split with the current weights (or
+        ``model``'s), computed as ``gdf-pyg eval`` computes them (float32, batches of
+        ``eval.batch_size``), shared among the processes."""
+        model = model or self.model
+        model.eval()
         if self.frozen:
-            head = lambda fmap: binarize(self.model.forward_head(fmap).codes)  # noqa: E731
+            head = lambda fmap: binarize(model.forward_head(fmap).codes)  # noqa: E731
             return encode_cached(head, self.features[split], self.device, self.ctx)
         ds = self.data.train_eval if split == "train" else self.data.test_eval
         paths = self.data.train_paths if split == "train" else self.data.test_paths
-        return encode_dataset(self.model.encode, ds, self.cfg.eval.batch_size, self.device, ctx=self.ctx,
+        return encode_dataset(model.encode, ds, self.cfg.eval.batch_size, self.device, ctx=self.ctx,
                               num_workers=self.cfg.data.num_workers, progress=self.progress,
                               desc=f"encode {split}", skipped=self.data.skipped, paths=paths)
 
-    def validation_map(self) -> float:
+    def validation_map(self, codes: Optional[EncodedSet] = None) -> float:
         """mAP@all of the validation images against the rest of the training split."""
-        train = self.codes("train")
+        train = codes if codes is not None else self.codes("train")
         where = {int(p): i for i, p in enumerate(train.positions)}
         q = [where[int(p)] for p in self.data.val_pos if int(p) in where]
         db = [where[int(p)] for p in self.data.fit_pos if int(p) in where]
@@ -371,8 +388,9 @@ class Trainer:
             stats["epoch"] = float(self.epoch)
             self.history.append(stats)
             if self.ctx.is_main:
-                log.info("%d bits, epoch %d/%d: loss %.4f, %.0f images/s%s", self.bits, self.epoch, cfg.optim.epochs,
-                         stats.get("loss", float("nan")), stats["images_per_s"],
-                         f", val mAP {stats['val_map']:.4f}" if "val_map" in stats else "")
+                val = ", ".join(f"{k.replace('_', ' ').replace('map', 'mAP')} {v:.4f}" for k, v in stats.items()
+                                if k.startswith("val_map"))
+                log.info("%s, epoch %d/%d: loss %.4f, %.0f images/s%s", self.label, self.epoch, cfg.optim.epochs,
+                         stats.get("loss", float("nan")), stats["images_per_s"], f", {val}" if val else "")
                 save_checkpoint(self.checkpoint(), self.out / "last.pt")
             barrier(self.ctx)

@@ -1,0 +1,109 @@
+"""Every code length as a hash head of one shared encoder (``train.shared_encoder``).
+
+One backbone and region-graph encoder carry a hash head per code length, trained together on
+the sum of the heads' losses: one training instead of one per code length. Each code length
+keeps the weights of its own best validation epoch and is saved, evaluated and deployed as a
+plain :class:`~gdf_pyg.models.gdfnet.GDFNet` (``bits{K}/best.pt``), exactly like separately
+trained models. Separate models stay the default, as in the paper.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Dict, Optional, Sequence
+
+import torch
+from torch import Tensor
+
+from ..models.gdfnet import GDFNet, GDFOutput, SharedEncoderGDFNet
+from ..utils.checks import ConfigError
+from ..utils.progress import Progress, no_progress
+from .config import TrainConfig
+from .distributed import DistContext
+from .encoding import EncodedSet
+from .run_data import RunData
+from .trainer import Trainer, _state_dict_cpu, model_config_for
+
+log = logging.getLogger(__name__)
+
+__all__ = ["SharedEncoderTrainer"]
+
+
+class SharedEncoderTrainer(Trainer):
+    """Trains the code lengths ``bits`` as heads of one encoder; see the module docstring.
+
+    ``best_metric``, ``best_epoch`` and ``best_state`` are dictionaries keyed by code length.
+    """
+
+    def __init__(self, cfg: TrainConfig, bits: Sequence[int], data: RunData, out: Path, device: torch.device,
+                 features: Optional[Dict[str, EncodedSet]] = None, progress: Progress = no_progress,
+                 ctx: Optional[DistContext] = None) -> None:
+        self.all_bits = [int(b) for b in bits]
+        super().__init__(cfg, self.all_bits[0], data, out, device, features, progress, ctx)
+        self.bits = self.all_bits
+        self.label = "+".join(map(str, self.all_bits)) + " bits (shared encoder)"
+        self.best_metric = {b: -1.0 for b in self.all_bits}
+        self.best_epoch = {b: -1 for b in self.all_bits}
+        self.best_state: Dict[int, Optional[Dict[str, Tensor]]] = {b: None for b in self.all_bits}
+
+    def _build_model(self) -> GDFNet:
+        if self.cfg.train.init_from is not None:
+            raise ConfigError("train.init_from: not available with train.shared_encoder=true")
+        self._seed()
+        model = SharedEncoderGDFNet(model_config_for(self.cfg, self.all_bits[0], self.data.num_classes), self.all_bits)
+        return self._place(model)
+
+    def losses(self, out: GDFOutput, labels: Tensor) -> Dict[str, Tensor]:
+        """The sum over heads of each head's loss terms; ``loss@K`` is head ``K``'s total."""
+        model: SharedEncoderGDFNet = self.model
+        codes = model.split(out.codes.float())
+        logits = dict(zip(self.all_bits, out.logits.float().split(self.data.num_classes, dim=1)))
+        terms: Dict[str, Tensor] = {}
+        for b in self.all_bits:
+            head = self.loss_fn(codes[b], logits[b], labels)
+            for k, v in head.items():
+                terms[k] = terms[k] + v if k in terms else v
+            terms[f"loss@{b}"] = head["loss"]
+        return terms
+
+    def single_model(self, bits: int, state: Optional[Dict[str, Tensor]] = None) -> GDFNet:
+        """The plain GDF-Net of ``bits`` bits with the shared weights (``state`` or the current ones)."""
+        model = GDFNet(model_config_for(self.cfg, bits, self.data.num_classes))
+        model.load_state_dict(self.model.single_state(bits, state))
+        return model.to(self.device)
+
+    def _select(self, stats: Dict[str, float], evaluate: bool) -> None:
+        if not len(self.data.val_pos):
+            state = _state_dict_cpu(self.model)
+            for b in self.all_bits:
+                self.best_epoch[b], self.best_state[b] = self.epoch, state
+            return
+        if not evaluate:
+            return
+        codes = self.codes("train")
+        state = None
+        for b, values in self.model.split(codes.values).items():
+            stats[f"val_map@{b}"] = value = self.validation_map(EncodedSet(values, codes.positions, codes.batches))
+            if value > self.best_metric[b]:
+                state = state or _state_dict_cpu(self.model)
+                self.best_metric[b], self.best_epoch[b], self.best_state[b] = value, self.epoch, state
+
+    def _selection_state(self) -> Dict[str, Any]:
+        # Plain data with string keys; an epoch's weights are stored once however many heads chose it.
+        epochs = sorted({e for e in self.best_epoch.values() if e >= 0})
+        weights = {str(e): next(self.best_state[b] for b in self.all_bits if self.best_epoch[b] == e) for e in epochs}
+        return {"best_metric": {str(b): v for b, v in self.best_metric.items()},
+                "best_epoch": {str(b): e for b, e in self.best_epoch.items()}, "best_model": weights}
+
+    def _restore_selection(self, state: Dict[str, Any]) -> None:
+        self.best_metric = {int(b): float(v) for b, v in state["best_metric"].items()}
+        self.best_epoch = {int(b): int(e) for b, e in state["best_epoch"].items()}
+        self.best_state = {b: state["best_model"].get(str(e)) for b, e in self.best_epoch.items()}
+
+    def model_checkpoint_of(self, bits: int) -> Dict[str, Any]:
+        """``bits{K}/best.pt``: the plain GDF-Net of one code length at its best epoch."""
+        state = self.model_checkpoint()
+        state.update(model=self.model.single_state(bits, self.best_state[bits]), bits=bits,
+                     model_config=model_config_for(self.cfg, bits, self.data.num_classes).to_dict(),
+                     best_metric=self.best_metric[bits], best_epoch=self.best_epoch[bits])
+        return state

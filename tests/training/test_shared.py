@@ -1,0 +1,86 @@
+"""Every code length as a head of one shared encoder (train.shared_encoder)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from gdf_pyg.cli import main
+from gdf_pyg.models.gdfnet import GDFNet, GDFNetConfig, SharedEncoderGDFNet
+from gdf_pyg.training.checkpoint import load_checkpoint
+from gdf_pyg.training.config import ConfigError, TrainConfig
+from gdf_pyg.training.run_data import build_run_data
+from gdf_pyg.training.shared import SharedEncoderTrainer
+
+from ..conftest import TINY_BACKBONE, TINY_RUN
+
+
+def test_a_heads_codes_are_its_single_models_codes():
+    cfg = GDFNetConfig.from_dict({"backbone": {"name": TINY_BACKBONE, "pretrained": False}, "img_size": 64,
+                                  "graph": {"k": 3}, "aggregation": {"hidden_channels": 16}, "num_classes": 5})
+    shared = SharedEncoderGDFNet(cfg, [12, 32]).eval()
+    images = torch.randn(6, 3, 64, 64)
+    out = shared(images)
+    assert out.codes.shape == (6, 44) and out.logits.shape == (6, 10)
+    for bits, codes in shared.split(shared.encode(images)).items():
+        single = GDFNet(GDFNetConfig.from_dict({**cfg.to_dict(), "bits": bits})).eval()
+        single.load_state_dict(shared.single_state(bits))
+        assert torch.equal(single.encode(images), codes)
+
+
+def test_shared_run_saves_and_evaluates_each_code_length_as_a_plain_model(tmp_path, folder_root):
+    run = tmp_path / "run"
+    args = ["train", "--out", str(run), "--no-progress", f"data.root={folder_root}", "train.bits=[12,16]",
+            "train.frozen_backbone=true", "train.shared_encoder=true", *TINY_RUN, "optim.epochs=30",
+            "data.val_fraction=0"]
+    assert main(args) == 0
+    trained = json.loads((run / "metrics.json").read_text())["results"]
+    assert (run / "shared" / "last.pt").is_file() and not list(run.glob("bits*/last.pt"))
+    for bits in (12, 16):
+        state = load_checkpoint(run / f"bits{bits}" / "best.pt")
+        assert state["bits"] == bits and not any(k.startswith("heads.") for k in state["model"])
+    assert main(["eval", "--checkpoint", str(run), "--out", str(tmp_path / "eval"), "--topk", "5", "--no-progress"]) == 0
+    evaluated = json.loads((tmp_path / "eval" / "metrics.json").read_text())["results"]
+    for bits in ("12", "16"):
+        assert evaluated[bits]["metrics"] == trained[bits]["metrics"]
+
+
+def _trainer(folder_root, out):
+    cfg = TrainConfig.load(overrides=[f"data.root={folder_root}", *TINY_RUN, "train.bits=[12,16]",
+                                      "train.frozen_backbone=false", "train.shared_encoder=true", "optim.epochs=3"])
+    data = build_run_data(cfg, GDFNet(GDFNetConfig.from_dict({**cfg.model.to_dict(), "num_classes": 2})).image_config)
+    return SharedEncoderTrainer(cfg, [12, 16], data, out, torch.device("cpu"))
+
+
+def test_shared_run_resumes_exactly(tmp_path, folder_root):
+    whole = _trainer(folder_root, tmp_path / "a")
+    whole.fit()
+    cut = _trainer(folder_root, tmp_path / "b")
+    calls = {"n": 0}
+    original = cut.train_epoch
+
+    def stop_in_the_third_epoch():
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return original()
+
+    cut.train_epoch = stop_in_the_third_epoch
+    with pytest.raises(KeyboardInterrupt):
+        cut.fit()
+    resumed = _trainer(folder_root, tmp_path / "b")
+    resumed.resume(tmp_path / "b" / "last.pt")
+    assert resumed.epoch == 2
+    resumed.fit()
+    assert resumed.best_epoch == whole.best_epoch
+    for key, value in whole.model.state_dict().items():
+        assert torch.equal(resumed.model.state_dict()[key], value), key
+    for bits in (12, 16):
+        assert resumed.best_state[bits].keys() == whole.best_state[bits].keys()
+
+
+def test_shared_encoder_does_not_start_from_separate_models(tmp_path, folder_root):
+    with pytest.raises(ConfigError, match="train.init_from: starts separate models"):
+        TrainConfig.load(overrides=[f"data.root={folder_root}", *TINY_RUN, "train.shared_encoder=true",
+                                    f"train.init_from={tmp_path}"])
