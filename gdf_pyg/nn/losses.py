@@ -6,18 +6,23 @@ tanh-relaxed output of the hash layer) and return a scalar, averaged over the ba
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..utils.checks import require
+from ..utils.checks import choice, require
 from .sync import all_gather_cat
 
 __all__ = [
+    "CENTER_METHODS",
     "GDFLoss",
     "bit_balance_loss",
+    "center_loss",
+    "hadamard_matrix",
+    "hash_centers",
+    "orthohash_loss",
     "cauchy_distance",
     "cauchy_quantization_loss",
     "code_classification_loss",
@@ -146,20 +151,153 @@ def code_classification_loss(logits: Tensor, labels: Tensor, label_smoothing: fl
     return F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
 
 
+# --------------------------------------------------------------------------------------
+# Class targets: hash centers (CSQ) and orthogonal class codes (OrthoHash).
+# --------------------------------------------------------------------------------------
+CENTER_METHODS = ("hadamard", "random")
+
+
+def _legendre(a: int, q: int) -> int:
+    a %= q
+    return 0 if a == 0 else (1 if pow(a, (q - 1) // 2, q) == 1 else -1)
+
+
+def _is_prime(q: int) -> bool:
+    return q >= 2 and all(q % d for d in range(2, int(q**0.5) + 1))
+
+
+def hadamard_matrix(n: int) -> Optional[Tensor]:
+    r"""A Hadamard matrix of order ``n`` (:math:`\mathbf{H}\mathbf{H}^\top = n\mathbf{I}`,
+    entries :math:`\pm 1`), or ``None`` when neither construction reaches ``n``.
+
+    Sylvester's doubling :math:`\mathbf{H}_{2m} = \begin{bmatrix}\mathbf{H}_m & \mathbf{H}_m \\
+    \mathbf{H}_m & -\mathbf{H}_m\end{bmatrix}` from orders 1 and Paley's construction I (order
+    :math:`q + 1` for a prime :math:`q \equiv 3 \pmod 4`) cover the usual code lengths:
+    12, 24 and 48 (Paley with :math:`q` = 11, 23, 47), 16, 32 and 64 (Sylvester).
+    """
+    if n < 1:
+        return None
+    m, doublings = n, 0
+    while m % 2 == 0 and not (_is_prime(m - 1) and (m - 1) % 4 == 3):
+        m //= 2
+        doublings += 1
+    if m == 1:
+        h = torch.ones(1, 1)
+    elif _is_prime(m - 1) and (m - 1) % 4 == 3:
+        q = m - 1
+        s = torch.zeros(m, m)
+        s[0, 1:], s[1:, 0] = 1.0, -1.0
+        s[1:, 1:] = torch.tensor([[float(_legendre(j - i, q)) for j in range(q)] for i in range(q)])
+        h = torch.eye(m) + s  # I + S, S skew-symmetric: Paley I
+    else:
+        return None
+    for _ in range(doublings):
+        h = torch.cat([torch.cat([h, h], 1), torch.cat([h, -h], 1)], 0)
+    return h
+
+
+def hash_centers(num_classes: int, bits: int, method: str = "hadamard", seed: int = 0) -> Tensor:
+    r"""One binary target code per class, :math:`(C, K)` in :math:`\{-1, +1\}`.
+
+    ``"hadamard"`` (CSQ, Yuan et al., CVPR 2020): the rows of a Hadamard matrix of order
+    :math:`K`, then of its negation, for up to :math:`2K` classes: any two centers are at least
+    :math:`K/2` apart. With more classes, or no Hadamard matrix of order :math:`K`, the centers
+    are balanced codes (:math:`K/2` ones each) drawn from ``seed`` and picked greedily to keep
+    them far apart. ``"random"``: always those.
+    """
+    if method not in CENTER_METHODS:
+        raise ValueError(f"unknown center method {method!r}; expected one of {CENTER_METHODS}")
+    if num_classes < 1 or bits < 1:
+        raise ValueError(f"num_classes and bits must be positive, got {num_classes}, {bits}")
+    h = hadamard_matrix(bits) if method == "hadamard" else None
+    if h is not None and num_classes <= 2 * bits:
+        return torch.cat([h, -h])[:num_classes]
+    return _spread_balanced_codes(num_classes, bits, seed)
+
+
+def _spread_balanced_codes(count: int, bits: int, seed: int) -> Tensor:
+    """``count`` balanced codes (``bits // 2`` ones) picked greedily from a seeded random pool,
+    each the farthest from those already picked: centers as far apart as a short code allows."""
+    g = torch.Generator().manual_seed(seed)
+    pool_size = max(8 * count, 1024)
+    pool = torch.where(torch.rand(pool_size, bits, generator=g).argsort(dim=1) < bits // 2, 1.0, -1.0)
+    picked = [0]
+    nearest = (bits - pool @ pool[0]) / 2  # distance of each pool code to the closest pick
+    for _ in range(count - 1):
+        nxt = int(torch.argmax(nearest))
+        picked.append(nxt)
+        nearest = torch.minimum(nearest, (bits - pool @ pool[nxt]) / 2)
+    return pool[picked]
+
+
+def center_loss(h: Tensor, labels: Tensor, centers: Tensor, eps: float = 1e-6) -> Tensor:
+    r"""Central similarity (CSQ): binary cross-entropy of each relaxed bit to its class center's.
+
+    .. math::
+        \mathcal{L}_{CS} = -\frac{1}{BK} \sum_{i,k} \Big[\tfrac{1 + c_{y_i k}}{2}
+        \log\tfrac{1 + h_{ik}}{2} + \tfrac{1 - c_{y_i k}}{2} \log\tfrac{1 - h_{ik}}{2}\Big]
+
+    Args:
+        h (Tensor): relaxed codes :math:`(B, K)` in :math:`(-1, 1)`.
+        labels (Tensor): class ids :math:`(B,)`.
+        centers (Tensor): :math:`(C, K)` in :math:`\{-1, +1\}` (:func:`hash_centers`).
+    """
+    _check_codes(h)
+    target = (centers[labels] + 1.0) / 2.0
+    p = ((h + 1.0) / 2.0).clamp(eps, 1.0 - eps)
+    return F.binary_cross_entropy(p, target.to(p.dtype))
+
+
+def orthohash_loss(h: Tensor, labels: Tensor, centers: Tensor, scale: float = 8.0, margin: float = 0.2) -> Tensor:
+    r"""OrthoHash (Hoe et al., NeurIPS 2021): cross-entropy over classes of the cosine between the
+    code and each class's orthogonal code, with an additive margin on the true class.
+
+    .. math::
+        \mathcal{L}_{O} = -\frac{1}{B} \sum_i \log
+        \frac{e^{s(\cos(\mathbf{h}_i, \mathbf{c}_{y_i}) - m)}}
+        {e^{s(\cos(\mathbf{h}_i, \mathbf{c}_{y_i}) - m)} + \sum_{j \ne y_i} e^{s \cos(\mathbf{h}_i, \mathbf{c}_j)}}
+
+    Args:
+        h (Tensor): relaxed codes :math:`(B, K)`.
+        labels (Tensor): class ids :math:`(B,)`.
+        centers (Tensor): class codes :math:`(C, K)` (:func:`hash_centers`).
+        scale (float): :math:`s`. (default: :obj:`8.0`)
+        margin (float): :math:`m`. (default: :obj:`0.2`)
+    """
+    _check_codes(h)
+    cos = F.normalize(h, dim=1) @ F.normalize(centers.to(h.dtype), dim=1).t()
+    cos = cos - margin * F.one_hot(labels, centers.size(0)).to(cos.dtype)
+    return F.cross_entropy(scale * cos, labels)
+
+
 @dataclass
 class LossWeights:
-    """Weights of the terms of :class:`GDFLoss` (0 switches a term off)."""
+    """Weights of the terms of :class:`GDFLoss` (0 switches a term off), and their settings.
+
+    ``center`` weighs the central-similarity loss to the class's hash center (CSQ),
+    ``orthohash`` the OrthoHash loss against orthogonal class codes; both use the targets of
+    :func:`hash_centers` (``centers`` method, ``center_seed``).
+    """
 
     classification: float = 1.0
     quantization: float = 0.1
     balance: float = 0.1
     pairwise: float = 0.0
+    center: float = 0.0
+    orthohash: float = 0.0
     gamma: float = 20.0
     label_smoothing: float = 0.0
+    centers: str = "hadamard"
+    center_seed: int = 0
+    ortho_scale: float = 8.0
+    ortho_margin: float = 0.2
 
     def validate(self, prefix: str = "loss") -> None:
         require(self.gamma > 0, f"{prefix}.gamma", f"must be > 0, got {self.gamma}")
-        for name in ("classification", "quantization", "balance", "pairwise"):
+        choice(self.centers, CENTER_METHODS, f"{prefix}.centers")
+        require(self.ortho_scale > 0, f"{prefix}.ortho_scale", f"must be > 0, got {self.ortho_scale}")
+        require(0 <= self.ortho_margin < 1, f"{prefix}.ortho_margin", f"must be in [0, 1), got {self.ortho_margin}")
+        for name in ("classification", "quantization", "balance", "pairwise", "center", "orthohash"):
             require(getattr(self, name) >= 0, f"{prefix}.{name}", f"must be >= 0, got {getattr(self, name)}")
         require(0.0 <= self.label_smoothing < 1.0, f"{prefix}.label_smoothing",
                 f"must be in [0, 1), got {self.label_smoothing}")
@@ -170,23 +308,34 @@ class GDFLoss(nn.Module):
 
     .. math::
         \mathcal{L} = \lambda_{cls}\,\mathcal{L}_{CE} + \lambda_Q\,\mathcal{L}_Q
-        + \lambda_B\,\mathcal{L}_B + \lambda_C\,\mathcal{L}_C
+        + \lambda_B\,\mathcal{L}_B + \lambda_C\,\mathcal{L}_C + \lambda_{CS}\,\mathcal{L}_{CS}
+        + \lambda_O\,\mathcal{L}_O
 
     (:func:`code_classification_loss`, :func:`cauchy_quantization_loss`,
-    :func:`bit_balance_loss`, :func:`pairwise_cauchy_loss`). ``forward`` returns a dict
-    with the total under ``"loss"`` and each weighted term. Under multi-process training
-    every term is computed on the outputs of the whole global batch.
+    :func:`bit_balance_loss`, :func:`pairwise_cauchy_loss`, :func:`center_loss`,
+    :func:`orthohash_loss`; the class targets of the last two come from :func:`hash_centers` for
+    the logits' number of classes and the codes' length). ``forward`` returns a dict with the
+    total under ``"loss"`` and each weighted term. Under multi-process training every term is
+    computed on the outputs of the whole global batch.
     """
 
     def __init__(self, weights: Optional[LossWeights] = None) -> None:
         super().__init__()
         self.weights = weights or LossWeights()
         _check_gamma(self.weights.gamma)
+        self._centers: Dict[Tuple[int, int, str], Tensor] = {}
+
+    def centers(self, num_classes: int, bits: int, device: torch.device) -> Tensor:
+        """The class targets for ``num_classes`` classes and ``bits`` bits (built once)."""
+        key = (num_classes, bits, str(device))
+        if key not in self._centers:
+            self._centers[key] = hash_centers(num_classes, bits, self.weights.centers, self.weights.center_seed).to(device)
+        return self._centers[key]
 
     def forward(self, codes: Tensor, logits: Tensor, labels: Tensor) -> Dict[str, Tensor]:
-        # Under multi-process training every term is computed on the outputs of the whole
-        # global batch (gathered, differentiably; shards may differ in size), so each process
-        # holds the single-process loss and DDP's averaged gradients are the single-process ones.
+        # Under multi-process training every term is computed on the outputs of the whole global
+        # batch (gathered, differentiably; shards may differ in size), so each process holds the
+        # single-process loss and DDP's averaged gradients are the single-process ones.
         codes, logits, labels = all_gather_cat(codes), all_gather_cat(logits), all_gather_cat(labels)
         w = self.weights
         terms: Dict[str, Tensor] = {}
@@ -198,6 +347,12 @@ class GDFLoss(nn.Module):
             terms["balance"] = w.balance * bit_balance_loss(codes)
         if w.pairwise:
             terms["pairwise"] = w.pairwise * pairwise_cauchy_loss(codes, labels, w.gamma)
+        if w.center or w.orthohash:
+            centers = self.centers(logits.size(1), codes.size(1), codes.device)
+            if w.center:
+                terms["center"] = w.center * center_loss(codes, labels, centers)
+            if w.orthohash:
+                terms["orthohash"] = w.orthohash * orthohash_loss(codes, labels, centers, w.ortho_scale, w.ortho_margin)
         terms["loss"] = sum(terms.values(), codes.new_zeros(()))
         return terms
 

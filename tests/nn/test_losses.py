@@ -97,3 +97,81 @@ def test_loss_bad_arguments():
         bit_balance_loss(torch.zeros(3))
     with pytest.raises(ValueError, match="labels has 2 rows for 3 codes"):
         pairwise_cauchy_loss(torch.zeros(3, 4), torch.tensor([0, 1]))
+
+
+# ---- class targets: hash centers (CSQ) and orthogonal class codes (OrthoHash) ---------------
+@pytest.mark.parametrize("n", [1, 2, 4, 12, 16, 24, 32, 48, 64, 96])
+def test_hadamard_matrices(n):
+    from gdf_pyg.nn.losses import hadamard_matrix
+
+    h = hadamard_matrix(n)
+    assert h is not None and set(h.unique().tolist()) <= {-1.0, 1.0}
+    assert torch.equal(h @ h.t(), n * torch.eye(n))
+
+
+def test_no_hadamard_matrix_of_order_10():
+    from gdf_pyg.nn.losses import hadamard_matrix
+
+    assert hadamard_matrix(10) is None
+
+
+@pytest.mark.parametrize("classes, bits", [(10, 12), (24, 12), (48, 24), (64, 32), (90, 48)])
+def test_hadamard_centers_are_at_least_half_the_bits_apart(classes, bits):
+    from gdf_pyg.nn.losses import hash_centers
+
+    c = hash_centers(classes, bits)
+    distance = ((bits - c @ c.t()) / 2).fill_diagonal_(bits)
+    assert c.shape == (classes, bits) and distance.min() >= bits / 2
+
+
+def test_random_centers_are_balanced_distinct_and_seeded():
+    from gdf_pyg.nn.losses import hash_centers
+
+    c = hash_centers(102, 48)  # more classes than 2K: no Hadamard construction applies
+    assert torch.equal(c.sum(1), torch.zeros(102)) and len(torch.unique(c, dim=0)) == 102
+    assert ((48 - c @ c.t()) / 2).fill_diagonal_(48).min() >= 16
+    assert torch.equal(hash_centers(102, 48, "random", seed=3), hash_centers(102, 48, "random", seed=3))
+    assert not torch.equal(hash_centers(102, 48, "random", seed=3), hash_centers(102, 48, "random", seed=4))
+
+
+def test_center_loss_hand_values_and_gradient():
+    from gdf_pyg.nn.losses import center_loss
+
+    centers = torch.tensor([[1.0, -1.0], [-1.0, 1.0]])
+    h = torch.tensor([[0.6, -0.2], [0.0, 0.0]])
+    # bits' probabilities of +1: (0.8, 0.4) toward (1, 0); (0.5, 0.5) toward (0, 1)
+    expected = -(math.log(0.8) + math.log(0.6) + math.log(0.5) + math.log(0.5)) / 4
+    assert center_loss(h, torch.tensor([0, 1]), centers).item() == pytest.approx(expected, rel=1e-6)
+    x = torch.randn(4, 6, dtype=torch.float64).tanh().mul(0.9).requires_grad_()
+    c = torch.where(torch.randn(3, 6) > 0, 1.0, -1.0).double()
+    assert torch.autograd.gradcheck(lambda v: center_loss(v, torch.tensor([0, 1, 2, 0]), c), (x,))
+
+
+def test_orthohash_loss_hand_values_and_gradient():
+    from gdf_pyg.nn.losses import orthohash_loss
+
+    centers = torch.tensor([[1.0, 1.0], [1.0, -1.0]])
+    h = torch.tensor([[0.5, 0.5]])  # cos 1 to class 0, cos 0 to class 1
+    s, m = 8.0, 0.2
+    expected = -math.log(math.exp(s * (1 - m)) / (math.exp(s * (1 - m)) + math.exp(0.0)))
+    assert orthohash_loss(h, torch.tensor([0]), centers, s, m).item() == pytest.approx(expected, rel=1e-4)
+    x = torch.randn(4, 6, dtype=torch.float64, requires_grad=True)
+    c = torch.where(torch.randn(3, 6) > 0, 1.0, -1.0).double()
+    assert torch.autograd.gradcheck(lambda v: orthohash_loss(v, torch.tensor([0, 1, 2, 0]), c), (x,))
+
+
+def test_gdf_loss_with_class_targets_trains_codes_toward_their_centers():
+    torch.manual_seed(0)
+    loss_fn = GDFLoss(LossWeights(classification=0.0, center=1.0, orthohash=1.0))
+    labels = torch.arange(4).repeat(4)
+    raw = torch.randn(16, 12, requires_grad=True)
+    logits = torch.zeros(16, 4)  # 4 classes: the centers come from the logits' width
+    optimizer = torch.optim.Adam([raw], lr=0.1)
+    for _ in range(100):
+        terms = loss_fn(raw.tanh(), logits, labels)
+        optimizer.zero_grad()
+        terms["loss"].backward()
+        optimizer.step()
+    assert set(terms) == {"quantization", "balance", "center", "orthohash", "loss"}
+    centers = loss_fn.centers(4, 12, raw.device)
+    assert torch.equal(torch.where(raw >= 0, 1.0, -1.0), centers[labels])
