@@ -10,7 +10,7 @@ from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tup
 import torch
 from torch import Tensor, nn
 
-from ..nn.aggregation import AggregationConfig, GraphAggregation
+from ..nn.aggregation import AggregationConfig, GraphAggregation, PooledMLP
 from ..nn.backbone import BackboneConfig, FeatureBackbone
 from ..nn.graph import GraphBuilder, GraphConfig
 from ..nn.hash import HashHead
@@ -29,9 +29,9 @@ __all__ = ["GDFNet", "GDFNetConfig", "GDFOutput", "RegionGraphEncoder", "SharedE
 class GDFNetConfig:
     """Everything that defines a :class:`GDFNet`.
 
-    ``head`` is ``"gdf"`` (region nodes, graph aggregation, fused with the global branch)
-    or ``"global"`` (global average pooling only: the no-graph baseline with the same
-    hash layer).
+    ``head`` is ``"gdf"`` (region nodes, graph aggregation, fused with the global branch),
+    ``"global"`` (global average pooling only: the no-graph baseline with the same hash layer)
+    or ``"mlp"`` (the aggregation's layers on the pooled feature: the capacity control).
     """
 
     head: str = "gdf"
@@ -46,7 +46,7 @@ class GDFNetConfig:
     aggregation: AggregationConfig = field(default_factory=AggregationConfig)
 
     def validate(self, prefix: str = "model") -> None:
-        choice(self.head, ("gdf", "global"), f"{prefix}.head")
+        choice(self.head, ("gdf", "global", "mlp"), f"{prefix}.head")
         require(self.bits >= 1, f"{prefix}.bits", f"must be a positive number of bits, got {self.bits}")
         require(self.num_classes >= 1, f"{prefix}.num_classes", f"must be >= 1, got {self.num_classes}")
         require(self.img_size >= 16, f"{prefix}.img_size", f"must be >= 16 pixels, got {self.img_size}")
@@ -111,7 +111,9 @@ class RegionGraphEncoder(nn.Module):
     r"""Everything between the backbone and the hash layer: feature map to image features.
 
     ``head="gdf"``: region nodes, graph aggregation and (``fuse_global``) concatenation with
-    the globally average-pooled map; ``head="global"``: the pooled map alone.
+    the globally average-pooled map; ``head="global"``: the pooled map alone; ``head="mlp"``:
+    the aggregation's layers on the pooled map (:class:`~gdf_pyg.nn.aggregation.PooledMLP`, the
+    capacity control), fused with it like the graph branch.
 
     Shapes:
         - **input:** feature map :math:`(B, C, H, W)`
@@ -123,7 +125,13 @@ class RegionGraphEncoder(nn.Module):
         self.fuse_global = config.fuse_global
         self.nodes: Optional[nn.Module] = None
         self.aggregation: Optional[GraphAggregation] = None
-        if config.head == "gdf":
+        self.mlp: Optional[PooledMLP] = None
+        if config.head == "mlp":
+            ac = config.aggregation
+            self.mlp = PooledMLP(channels, ac.hidden_channels, ac.num_layers, norm=ac.norm, act=ac.act,
+                                 dropout=ac.dropout, residual=ac.residual)
+            self.out_channels = self.mlp.out_channels + (channels if self.fuse_global else 0)
+        elif config.head == "gdf":
             nc, ac = config.nodes, config.aggregation
             self.nodes = make_nodes(nc, channels)
             config.check_nodes(self.nodes.num_nodes(feature_size))
@@ -138,6 +146,8 @@ class RegionGraphEncoder(nn.Module):
 
     def forward(self, fmap: Tensor) -> Tensor:
         pooled = fmap.mean(dim=(2, 3))
+        if self.mlp is not None:
+            return torch.cat([self.mlp(pooled), pooled], dim=1) if self.fuse_global else self.mlp(pooled)
         if self.aggregation is None:
             return pooled
         nodes = self.nodes(fmap)

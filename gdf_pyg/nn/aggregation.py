@@ -14,7 +14,7 @@ from ..utils.checks import choice, require
 from .conv import CONVS, make_conv, segment_ptr
 from .graph import GraphBuilder
 
-__all__ = ["ACTIVATIONS", "AggregationConfig", "GraphAggregation", "NORMS", "READOUTS", "make_readout"]
+__all__ = ["ACTIVATIONS", "AggregationConfig", "GraphAggregation", "NORMS", "PooledMLP", "READOUTS", "make_readout"]
 
 READOUTS = ("mean", "max", "mean_max", "attention")
 NORMS = ("batch_norm", "layer_norm", "none")
@@ -192,3 +192,50 @@ class GraphAggregation(nn.Module):
             f"num_layers={self.num_layers}, conv={self.conv_name}, graph={self.graph.method}(k={self.graph.k}), "
             f"readout={self.readout_name})"
         )
+
+
+class PooledMLP(nn.Module):
+    r"""The capacity control of :class:`GraphAggregation`: its layers on the globally pooled
+    feature instead of on region nodes.
+
+    .. math::
+        \mathbf{h}^{(0)} = \sigma\big(\mathrm{N}(\mathbf{W}_0 \bar{\mathbf{x}})\big), \qquad
+        \mathbf{h}^{(l+1)} = \mathbf{h}^{(l)} + \sigma\big(\mathrm{N}(\mathbf{W}_{l+1} \mathbf{h}^{(l)})\big)
+
+    with :math:`\bar{\mathbf{x}}` the pooled map, the same width, depth, normalisation,
+    activation and residuals as the graph layers, and no graph.
+
+    Shapes:
+        - **input:** pooled features :math:`(B, F)`
+        - **output:** :math:`(B, F_h)`
+    """
+
+    def __init__(self, in_channels: int, hidden_channels: int = 256, num_layers: int = 2, norm: str = "batch_norm",
+                 act: str = "leaky_relu", dropout: float = 0.0, residual: bool = True) -> None:
+        super().__init__()
+        self.in_channels, self.hidden_channels, self.num_layers = in_channels, hidden_channels, num_layers
+        self.out_channels = hidden_channels
+        self.residual = residual
+        self.input = nn.Linear(in_channels, hidden_channels)
+        self.layers = nn.ModuleList(nn.Linear(hidden_channels, hidden_channels) for _ in range(num_layers))
+        make_norm = lambda: nn.Identity() if norm == "none" else normalization_resolver(norm, hidden_channels)  # noqa: E731
+        self.input_norm = make_norm()
+        self.norms = nn.ModuleList(make_norm() for _ in range(num_layers))
+        self.act = activation_resolver(act)
+        self.dropout = nn.Dropout(dropout)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        for module in [self.input, self.input_norm, *self.layers, *self.norms]:
+            if hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.act(self.input_norm(self.input(x)))
+        for layer, norm in zip(self.layers, self.norms):
+            update = self.dropout(self.act(norm(layer(h))))
+            h = h + update if self.residual else update
+        return h
+
+    def __repr__(self) -> str:
+        return f"{self.__class__.__name__}({self.in_channels}, {self.hidden_channels}, num_layers={self.num_layers})"

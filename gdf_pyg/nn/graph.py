@@ -535,7 +535,7 @@ def fully_connected_graph(num_nodes: int, batch: Optional[Tensor] = None, *, loo
 # Selection by name.
 # --------------------------------------------------------------------------------------
 GRAPH_METHODS: Dict[str, str] = {
-    "none": "no edges: every node stands alone (the no-graph baseline)",
+    "none": "a self-loop per node and nothing else: the same layers act on each node alone (the no-edge control)",
     "knn": "k nearest neighbours in feature space, built once from the input node features",
     "dynamic": "k nearest neighbours in feature space, rebuilt from each layer's input (DGCNN)",
     "spatial_knn": "k nearest neighbours in image space, over node positions",
@@ -619,7 +619,10 @@ class GraphBuilder:
         """Edges for nodes ``x`` :math:`(N, F)` with positions ``pos`` :math:`(N, 2)`."""
         m = self.method
         if m == "none":
-            return torch.empty(2, 0, dtype=torch.long, device=x.device)
+            # Each node its own only neighbour: EdgeConv becomes a node-wise linear map, so the
+            # control keeps the layers and readout and loses only the exchange between regions.
+            nodes = torch.arange(x.size(0), device=x.device)
+            return torch.stack([nodes, nodes])
         if m in ("knn", "dynamic"):
             return knn_graph(x, self.k, batch, loop=self.loop, cosine=self.cosine, backend=self.backend)
         if m == "full":

@@ -126,15 +126,18 @@ def _gather_paths(paths: List[str], ctx: DistContext) -> List[str]:
 
 
 def encode_cached(fn: Callable[[Tensor], Tensor], cached: EncodedSet, device: torch.device,
-                  ctx: Optional[DistContext] = None) -> EncodedSet:
-    """Applies ``fn`` to cached rows batch by batch, in the batches they were encoded in (so the
-    result equals encoding the images with the backbone and ``fn`` together), in float32."""
+                  ctx: Optional[DistContext] = None, chunk: Optional[int] = None) -> EncodedSet:
+    """Applies ``fn`` to cached rows in float32: batch by batch, in the batches they were encoded
+    in (so the result equals encoding the images with the backbone and ``fn`` together), or in
+    chunks of ``chunk`` rows where only a model selection depends on it (faster, and equal up to
+    float rounding)."""
     ctx = ctx or DistContext()
-    ids = torch.unique_consecutive(cached.batches)
-    mine = ids[ctx.shard(len(ids))]
+    if chunk is None:
+        groups = [(cached.batches == b).nonzero().flatten() for b in torch.unique_consecutive(cached.batches).tolist()]
+    else:
+        groups = list(torch.arange(len(cached.values)).split(chunk))
     values, keep = [], []
-    for b in mine.tolist():
-        rows = (cached.batches == b).nonzero().flatten()
+    for rows in groups[ctx.shard(len(groups))]:
         with torch.inference_mode():
             values.append(fn(cached.values[rows].to(device, non_blocking=True)).float().cpu())
         keep.append(rows)

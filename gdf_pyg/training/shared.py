@@ -80,7 +80,7 @@ class SharedEncoderTrainer(Trainer):
             return
         if not evaluate:
             return
-        codes = self.codes("train")
+        codes = self.codes("train", selection=True)
         state = None
         for b, values in self.model.split(codes.values).items():
             stats[f"val_map@{b}"] = value = self.validation_map(EncodedSet(values, codes.positions, codes.batches))

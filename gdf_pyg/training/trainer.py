@@ -43,6 +43,10 @@ log = logging.getLogger(__name__)
 __all__ = ["Trainer", "TrainingDivergedError", "model_config_for"]
 
 
+# Cached maps per forward pass when validating a frozen-backbone model.
+SELECTION_CHUNK = 512
+
+
 class TrainingDivergedError(RuntimeError):
     """The loss or a gradient became NaN or inf; the last good checkpoint is kept."""
 
@@ -341,15 +345,18 @@ class Trainer:
         return stats
 
     # ---- evaluation ---------------------------------------------------------------------
-    def codes(self, split: str, model: Optional[GDFNet] = None) -> EncodedSet:
+    def codes(self, split: str, model: Optional[GDFNet] = None, selection: bool = False) -> EncodedSet:
         """Binary codes of the whole ``train`` or ``test`` split with the current weights (or
         ``model``'s), computed as ``gdf-pyg eval`` computes them (float32, batches of
-        ``eval.batch_size``), shared among the processes."""
+        ``eval.batch_size``), shared among the processes. For ``selection`` (validation during
+        training) cached maps go through in large chunks instead: only the choice of epoch
+        depends on those codes, and they differ from the exact ones by float rounding at most."""
         model = model or self.model
         model.eval()
         if self.frozen:
             head = lambda fmap: binarize(model.forward_head(fmap).codes)  # noqa: E731
-            return encode_cached(head, self.features[split], self.device, self.ctx)
+            return encode_cached(head, self.features[split], self.device, self.ctx,
+                                 chunk=SELECTION_CHUNK if selection else None)
         ds = self.data.train_eval if split == "train" else self.data.test_eval
         paths = self.data.train_paths if split == "train" else self.data.test_paths
         return encode_dataset(model.encode, ds, self.cfg.eval.batch_size, self.device, ctx=self.ctx,
@@ -358,7 +365,7 @@ class Trainer:
 
     def validation_map(self, codes: Optional[EncodedSet] = None) -> float:
         """mAP@all of the validation images against the rest of the training split."""
-        train = codes if codes is not None else self.codes("train")
+        train = codes if codes is not None else self.codes("train", selection=True)
         where = {int(p): i for i, p in enumerate(train.positions)}
         q = [where[int(p)] for p in self.data.val_pos if int(p) in where]
         db = [where[int(p)] for p in self.data.fit_pos if int(p) in where]

@@ -97,3 +97,13 @@ def test_exponent_notation_is_a_number():
     assert cfg.optim.lr == 1e-4 and cfg.optim.weight_decay == 5e-4
     with pytest.raises(ConfigError, match="optim.lr: expected a number, got 'fast'"):
         TrainConfig.load(overrides=["optim.lr=fast"])
+
+
+def test_capacity_control_head():
+    cfg = GDFNetConfig.from_dict({"head": "mlp", "backbone": {"name": TINY_BACKBONE, "pretrained": False},
+                                  "img_size": 64, "bits": 12, "num_classes": 3, "aggregation": {"hidden_channels": 16}})
+    model = GDFNet(cfg)
+    assert model.encoder.mlp is not None and model.encoder.aggregation is None
+    assert model.feature_dim == 16 + model.backbone.channels
+    out = model(torch.randn(4, 3, 64, 64))
+    assert out.codes.shape == (4, 12) and out.logits.shape == (4, 3)

@@ -84,3 +84,28 @@ def test_bad_arguments():
         module(torch.randn(6, 5), torch.zeros(6, dtype=torch.long))
     with pytest.raises(ValueError, match="k=3 needs at least 4 nodes"):
         module(torch.randn(3, 4), torch.zeros(3, dtype=torch.long))
+
+
+def test_no_edge_control_applies_the_layers_to_each_node_alone():
+    # Graph method "none" keeps the layers: EdgeConv on self-loops is the node-wise map Theta_1 x_i + b.
+    torch.manual_seed(0)
+    agg = GraphAggregation(8, 16, num_layers=1, graph=GraphBuilder("none"), norm="none", residual=False).eval()
+    x, batch = torch.randn(10, 8), torch.arange(2).repeat_interleave(5)
+    _, nodes = agg(x, batch)
+    conv = agg.convs[0]
+    h0 = agg.act(agg.input(x))
+    theta_1 = conv.lin_centre.weight + conv.lin_neighbour.weight  # the centre map holds Theta_1 - Theta_2
+    assert torch.allclose(nodes, agg.act(h0 @ theta_1.t() + conv.lin_centre.bias), atol=1e-5)
+    # Permuting nodes within an image permutes the output: no node sees another.
+    perm = torch.tensor([1, 0, 2, 3, 4, 5, 6, 7, 9, 8])
+    assert torch.allclose(agg(x[perm], batch)[1], nodes[perm], atol=1e-6)
+
+
+def test_pooled_mlp_control():
+    from gdf_pyg.nn.aggregation import PooledMLP
+
+    mlp = PooledMLP(8, 16, num_layers=2)
+    out = mlp(torch.randn(5, 8))
+    assert out.shape == (5, 16) and repr(mlp) == "PooledMLP(8, 16, num_layers=2)"
+    out.sum().backward()
+    assert all(p.grad is not None for p in mlp.parameters())

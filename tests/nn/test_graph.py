@@ -198,7 +198,8 @@ def test_graph_builder_dispatch():
     pos = torch.rand(18, 2, dtype=torch.float64)
     assert torch.equal(GraphBuilder("knn", k=3)(x, batch), brute_knn(x, 3, batch))
     assert torch.equal(GraphBuilder("spatial_knn", k=3)(x, batch, pos), brute_knn(pos, 3, batch))
-    assert GraphBuilder("none")(x, batch).shape == (2, 0)
+    loops = GraphBuilder("none")(x, batch)
+    assert torch.equal(loops, torch.arange(x.size(0)).repeat(2, 1))  # each node its own only neighbour
     assert GraphBuilder("grid", connectivity=4)(x, batch, pos, (3, 3)).size(1) == 2 * 24
     assert GraphBuilder("full")(x, batch).size(1) == 2 * 72
     assert GraphBuilder("dynamic").is_dynamic and not GraphBuilder("knn").is_dynamic

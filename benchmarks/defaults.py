@@ -1,0 +1,83 @@
+"""Benchmark 7: choosing the cpu preset's defaults on validation data.
+
+Each candidate (overrides of the cpu preset) trains through the library on the cached
+features of the frozen ImageNet EfficientNet-Lite0, all code lengths as heads of one shared
+encoder, and reports the **validation** mAP@all (ties averaged) of each code length at its best
+epoch: the number defaults are chosen by. The test split is not looked at (``--test`` adds it,
+for the record, after the choice).
+"""
+from __future__ import annotations
+
+import logging
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from ablation import BITS, DATASETS, LITE0  # noqa: E402
+from common import base_parser, command_line, markdown_table, write_results  # noqa: E402
+
+from gdf_pyg.training.config import TrainConfig  # noqa: E402
+from gdf_pyg.training.run import train  # noqa: E402
+
+CANDIDATES: Dict[str, List[str]] = {
+    "cpu preset (before)": [],
+    "+ hash centers (CSQ)": ["loss.center=1.0"],
+    "+ OrthoHash": ["loss.orthohash=1.0"],
+    "hash centers, no code classifier": ["loss.center=1.0", "loss.classification=0.0"],
+    "OrthoHash, no code classifier": ["loss.orthohash=1.0", "loss.classification=0.0"],
+    "+ hash centers, no dropout": ["loss.center=1.0", "model.aggregation.dropout=0.0"],
+}
+
+
+def evaluate(dataset: List[str], overrides: List[str], seed: int, epochs: int, cache: Path, test: bool):
+    cfg = TrainConfig.load(preset="cpu", overrides=[
+        *dataset, f"model.backbone.weights_file={LITE0}", *overrides, f"train.seed={seed}", f"optim.epochs={epochs}",
+        "train.eval_every=2", "train.shared_encoder=true", f"train.bits=[{','.join(map(str, BITS))}]"])
+    with tempfile.TemporaryDirectory() as out:
+        t0 = time.perf_counter()
+        results = train(cfg, out, cache_dir=cache)["results"]
+        seconds = time.perf_counter() - t0
+    row = {f"val {b}": results[str(b)]["val_map"] for b in BITS}
+    if test:
+        row.update({f"test {b}": results[str(b)]["metrics"]["map"] for b in BITS})
+    row["epochs chosen"] = "/".join(str(results[str(b)]["best_epoch"]) for b in BITS)
+    row["s"] = seconds
+    return row
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    p = base_parser(__doc__.splitlines()[0])
+    p.add_argument("--dataset", default="flowers102", choices=list(DATASETS))
+    p.add_argument("--candidates", nargs="+", default=list(CANDIDATES), help="names of CANDIDATES, or key=value lists "
+                                                                             "joined with commas")
+    p.add_argument("--epochs", type=int, default=40)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cache", type=Path, default=Path("runs/cache"))
+    p.add_argument("--test", action="store_true", help="also report test mAP (after the choice, for the record)")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    rows = []
+    for name in args.candidates:
+        overrides = CANDIDATES.get(name, [o for o in name.split(",") if o])
+        row = {"candidate": name, **evaluate(DATASETS[args.dataset], overrides, args.seed, args.epochs, args.cache,
+                                             args.test)}
+        row["val mean"] = statistics.mean(row[f"val {b}"] for b in BITS)
+        rows.append(row)
+        print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}, flush=True)
+    columns = ["candidate", *[f"val {b}" for b in BITS], "val mean", "epochs chosen", "s"]
+    columns += [f"test {b}" for b in BITS] if args.test else []
+    name = f"defaults_{args.dataset}_seed{args.seed}"
+    body = (f"{args.dataset}, seed {args.seed}, {args.epochs} epochs, shared encoder, frozen Lite0 at the preset's "
+            "size; validation mAP@all (ties averaged) at each code length's best epoch.\n\n" + markdown_table(rows, columns))
+    md = write_results(args.results, name, "Choosing defaults on validation data", body, rows, command_line(argv, "defaults.py"))
+    print(body)
+    print(f"\nwritten: {md}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
