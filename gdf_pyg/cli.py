@@ -99,12 +99,18 @@ def _eval_folders(args: argparse.Namespace, model, batch_size: int, progress):
     """Codes and labels of explicit --query / --database folders."""
     import torch
 
+    from .data import DatasetLayoutError
     from .retrieval.search import collect_images, encode_records
 
     if not (args.query and args.database):
         raise SystemExit("--query and --database go together")
     db_records, classes = collect_images(args.database)
     q_records, classes = collect_images(args.query, classes)
+    for flag, records in (("--database", db_records), ("--query", q_records)):
+        unlabelled = [r for r in records if r.label < 0]
+        if unlabelled:
+            raise DatasetLayoutError(f"{flag}: {len(unlabelled)} image(s) have no class (first: {unlabelled[0].path}); "
+                                     "eval needs one sub-folder per class")
     opts = dict(batch_size=batch_size, device=args.device, skip_bad=args.skip_bad_images, progress=progress)
     db, db_keep, s1 = encode_records(model, db_records, **opts)
     q, q_keep, s2 = encode_records(model, q_records, **opts)

@@ -148,3 +148,10 @@ def test_eval_uses_the_runs_split_and_refuses_changed_data(tmp_path, folder_root
     # Evaluating the data as it is now is an explicit choice.
     code, metrics = evaluate("--resplit")
     assert code == 0 and metrics is not None
+    # Images outside class folders have no label: labelled metrics are refused, with the reason.
+    flat = tmp_path / "flat"
+    for j in range(2):
+        write_image(flat / f"{j}.jpg", j)
+    assert evaluate("--query", str(flat), "--database", str(folder_root))[0] == 2
+    assert "--query: 2 image(s) have no class" in caplog.text
+
