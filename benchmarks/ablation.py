@@ -56,24 +56,24 @@ QUICK_DATASET = ["data.dataset=synthetic", "data.synthetic.num_classes=6", "data
 
 
 def run_variant(base: List[str], variant: List[str], seed: int, epochs: int, cache: Path,
-                shared: bool = True) -> Dict[str, float]:
+                shared: bool = True, bits: Sequence[int] = BITS) -> Dict[str, float]:
     """One run of the cpu preset with ``base`` and ``variant`` overrides: test mAP and best epoch
     of each code length, and the run's wall time."""
     cfg = TrainConfig.load(preset="cpu", overrides=[
         *base, *variant, f"train.seed={seed}", f"optim.epochs={epochs}", "train.eval_every=2",
-        f"train.shared_encoder={str(shared).lower()}", f"train.bits=[{','.join(map(str, BITS))}]", "train.device=cpu"])
+        f"train.shared_encoder={str(shared).lower()}", f"train.bits=[{','.join(map(str, bits))}]", "train.device=cpu"])
     with tempfile.TemporaryDirectory() as out:
         t0 = time.perf_counter()
         results = train(cfg, out, cache_dir=cache)["results"]
         seconds = time.perf_counter() - t0
-    row = {f"_{b}": results[str(b)]["metrics"]["map"] for b in BITS}
-    row.update({f"_epoch{b}": results[str(b)]["best_epoch"] for b in BITS}, _seconds=seconds)
+    row = {f"_{b}": results[str(b)]["metrics"]["map"] for b in bits}
+    row.update({f"_epoch{b}": results[str(b)]["best_epoch"] for b in bits}, _seconds=seconds)
     return row
 
 
-def summarise(name: str, runs: List[Dict[str, float]]) -> Dict[str, object]:
+def summarise(name: str, runs: List[Dict[str, float]], bits: Sequence[int] = BITS) -> Dict[str, object]:
     row: Dict[str, object] = {"variant": name}
-    for b in BITS:
+    for b in bits:
         values = [r[f"_{b}"] for r in runs]
         row[f"_{b}"] = values
         row[f"{b} bits"] = f"{statistics.mean(values):.4f} ± {statistics.pstdev(values):.4f}"
@@ -102,6 +102,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--seeds", type=int, default=3, help="seeds per variant")
     p.add_argument("--epochs", type=int, default=20, help="training epochs (the epoch is chosen on validation)")
     p.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS), metavar="VARIANT",
+                   help=f"variants to run (default: all): {list(VARIANTS)}")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     weights = [f"model.backbone.weights_file={LITE0}"] if LITE0.is_file() else ["model.backbone.pretrained=false"]
@@ -112,7 +114,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         missing = [d for d in args.datasets if not Path(DATASETS[d][1].split("=", 1)[1]).is_dir()]
         if missing or not LITE0.is_file():
             raise SystemExit(f"the shared photographs and weights are needed ({SHARED}); missing: {missing or LITE0}")
-        plans = [(d, [*DATASETS[d], *weights], list(VARIANTS)) for d in args.datasets]
+        plans = [(d, [*DATASETS[d], *weights], list(args.variants)) for d in args.datasets]
         seeds, epochs = args.seeds, args.epochs
     body, rows_all = [], []
     for dataset, base, names in plans:

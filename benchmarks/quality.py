@@ -31,23 +31,24 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--epochs", type=int, default=40)
     p.add_argument("--shared", action="store_true", help="code lengths as heads of one encoder")
+    p.add_argument("--bits", type=int, nargs="+", default=list(BITS), help="code lengths")
     p.add_argument("--cache", type=Path, default=Path("runs/cache"))
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     base = [*DATASETS[args.dataset], f"model.backbone.weights_file={LITE0}"]
     rows = []
     for name in args.configs:
-        runs = [run_variant(base, CONFIGS[name], seed, args.epochs, args.cache, shared=args.shared)
+        runs = [run_variant(base, CONFIGS[name], seed, args.epochs, args.cache, shared=args.shared, bits=args.bits)
                 for seed in range(args.seeds)]
-        rows.append(summarise(name, runs))
+        rows.append(summarise(name, runs, args.bits))
         rows[-1]["variant"] = name
-        print(f"done: {name}: " + ", ".join(f"{b} bits {rows[-1][f'{b} bits']}" for b in BITS), flush=True)
+        print(f"done: {name}: " + ", ".join(f"{b} bits {rows[-1][f'{b} bits']}" for b in args.bits), flush=True)
     how = "heads of one shared encoder" if args.shared else "a separate model per code length"
     name = f"quality_{args.dataset}" + ("_shared" if args.shared else "")
     body = (f"{args.dataset}; frozen Lite0 features; {args.epochs} epochs, {how}, each code length at its best "
             f"validation epoch; test mAP@all (ties averaged), mean ± sd over {args.seeds} seeds; s / run: wall time "
             "of one run (all code lengths, feature cache reused).\n\n"
-            + markdown_table(rows, ["variant", *[f"{b} bits" for b in BITS], "s / run"]))
+            + markdown_table(rows, ["variant", *[f"{b} bits" for b in args.bits], "s / run"]))
     md = write_results(args.results, name, "Retrieval quality of the cpu preset", body, rows,
                        command_line(argv, "quality.py"))
     print(body)
