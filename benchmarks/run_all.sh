@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# All CPU benchmarks in full mode (each at most about 10 minutes on 2 cores); results in benchmarks/results/.
+# All CPU benchmarks in full mode (about 1.5 hours on 2 cores, the ablation most of it); results in benchmarks/results/
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-for script in graph_construction retrieval_engine training_throughput ablation paper_setting; do
+for script in graph_construction pipeline retrieval_engine training_throughput paper_setting ablation; do
     "$root/.venv/bin/python" "$root/benchmarks/$script.py" "$@"
 done

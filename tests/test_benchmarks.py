@@ -35,6 +35,10 @@ def test_quick_mode(script, tmp_path):
         assert "| NO |" not in md  # the kNN backends agreed
     if script == "retrieval_engine":
         assert "| NO |" not in md
+        rows = json.loads((tmp_path / f"{name}.json").read_text())
+        maps = [r for r in rows if "ties" in r]
+        assert {r["ties"] for r in maps} == {"average", "database_order"}
+        assert all(r["max |ours - reference|"] < 1e-12 for r in maps)  # both rules equal their float64 references
     if script == "paper_setting":
         assert "backbone: random initialisation (no --weights given)" in out
         rows = json.loads((tmp_path / f"{name}.json").read_text())
