@@ -69,7 +69,8 @@ def _worker(fn, rank: int, world: int, port: int, args: tuple, results) -> None:
         results.put((rank, err))
         raise
     finally:
-        dist.destroy_process_group()
+        if dist.is_initialized():  # ``fn`` may have closed it itself
+            dist.destroy_process_group()
 
 
 def run_in_processes(fn, *args, world: int = 2, timeout: float = 120.0) -> list:

@@ -23,7 +23,7 @@ from ..nn.sync import all_gather_cat, is_distributed
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DistContext", "barrier", "gather_rows", "init_distributed", "is_distributed"]
+__all__ = ["DistContext", "barrier", "close_distributed", "gather_rows", "init_distributed", "is_distributed"]
 
 
 @dataclass
@@ -33,6 +33,7 @@ class DistContext:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    owns_group: bool = False  # this library created the process group, so it also destroys it
 
     @property
     def is_main(self) -> bool:
@@ -55,11 +56,21 @@ def init_distributed(device: torch.device) -> DistContext:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return DistContext()
-    if not dist.is_initialized():
+    owns = not dist.is_initialized()
+    if owns:
         backend = "nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(backend=backend)
         log.info("joined process group: rank %d of %d (%s)", dist.get_rank(), dist.get_world_size(), backend)
-    return DistContext(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+    return DistContext(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")), owns)
+
+
+def close_distributed(ctx: DistContext) -> None:
+    """Destroys the process group that :func:`init_distributed` created (a group the caller
+    created stays). Left to the interpreter's exit, gloo's threads can still be running when
+    the process tears down, and the process aborts ("terminate called without an active
+    exception") after a run that succeeded."""
+    if ctx.owns_group and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def barrier(ctx: DistContext) -> None:

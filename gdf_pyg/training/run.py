@@ -26,7 +26,7 @@ from ..utils.config_io import to_dict
 from ..utils.progress import Progress, no_progress
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig
-from .distributed import DistContext, barrier, init_distributed
+from .distributed import DistContext, barrier, close_distributed, init_distributed
 from .encoding import EncodedSet, cache_key, encode_dataset, load_feature_cache, save_feature_cache
 from .run_data import RunData, build_run_data
 from .trainer import Trainer, model_config_for
@@ -170,12 +170,21 @@ def train(cfg: TrainConfig, run_dir: Path | str, *, progress: Progress = no_prog
     with several processes it trains with DDP; the main process writes and returns the
     summary, the others return ``None``.
     """
-    from .report import write_reports
-
     cfg.validate()
-    run_dir = Path(run_dir)
     device = resolve_device(cfg.train.device)
     ctx = init_distributed(device)
+    try:
+        summary = _train_run(cfg, Path(run_dir), device, ctx, progress, resume, cache_dir)
+        barrier(ctx)  # every process is done before the group goes
+        return summary
+    finally:
+        close_distributed(ctx)
+
+
+def _train_run(cfg: TrainConfig, run_dir: Path, device: torch.device, ctx: DistContext, progress: Progress,
+               resume: bool, cache_dir: Optional[Path]) -> Optional[Dict[str, Any]]:
+    from .report import write_reports
+
     if device.type == "cuda" and ctx.active:
         device = torch.device("cuda", ctx.local_rank)
         torch.cuda.set_device(device)

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from gdf_pyg.training.config import TrainConfig
-from gdf_pyg.training.distributed import DistContext
+from gdf_pyg.training.distributed import DistContext, close_distributed, init_distributed
 from gdf_pyg.training.encoding import encode_dataset
 from gdf_pyg.training.run_data import build_run_data
 from gdf_pyg.training.trainer import Trainer
@@ -111,3 +111,24 @@ def test_torchrun_fine_tunes_with_an_unreadable_image(tmp_path, folder_root):
     assert summary["processes"] == 2
     assert summary["skipped_images"] == [str(bad)]
     assert 0.0 <= summary["results"]["12"]["metrics"]["map"] <= 1.0
+
+
+def _group_ownership(rank: int, world: int, port: int) -> tuple:
+    import torch.distributed as dist
+
+    theirs = init_distributed(torch.device("cpu"))  # the caller's group (run_in_processes made it)
+    close_distributed(theirs)
+    kept = dist.is_initialized()
+    dist.destroy_process_group()
+    os.environ["MASTER_PORT"] = str(port)
+    ours = init_distributed(torch.device("cpu"))
+    dist.barrier()
+    close_distributed(ours)
+    return theirs.owns_group, kept, ours.owns_group, ours.world_size, dist.is_initialized()
+
+
+def test_a_process_group_is_destroyed_by_whoever_created_it():
+    """A group left to the interpreter's exit can abort a finished torchrun run (gloo threads
+    still running at teardown): train() destroys the group it created, and only that one."""
+    for result in run_in_processes(_group_ownership, free_port(), timeout=120):
+        assert result == (False, True, True, 2, False)
