@@ -41,7 +41,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         runs = [run_variant(base, CONFIGS[name], seed, args.epochs, args.cache, shared=args.shared, bits=args.bits)
                 for seed in range(args.seeds)]
         rows.append(summarise(name, runs, args.bits))
-        rows[-1]["variant"] = name
         print(f"done: {name}: " + ", ".join(f"{b} bits {rows[-1][f'{b} bits']}" for b in args.bits), flush=True)
     how = "heads of one shared encoder" if args.shared else "a separate model per code length"
     name = f"quality_{args.dataset}" + ("_shared" if args.shared else "")

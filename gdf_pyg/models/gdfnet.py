@@ -147,12 +147,13 @@ class RegionGraphEncoder(nn.Module):
     def forward(self, fmap: Tensor) -> Tensor:
         pooled = fmap.mean(dim=(2, 3))
         if self.mlp is not None:
-            return torch.cat([self.mlp(pooled), pooled], dim=1) if self.fuse_global else self.mlp(pooled)
-        if self.aggregation is None:
+            branch = self.mlp(pooled)
+        elif self.aggregation is not None:
+            nodes = self.nodes(fmap)
+            branch, _ = self.aggregation(nodes.x, nodes.batch, nodes.pos, nodes.grid_size, nodes.num_graphs)
+        else:
             return pooled
-        nodes = self.nodes(fmap)
-        graph_feat, _ = self.aggregation(nodes.x, nodes.batch, nodes.pos, nodes.grid_size, nodes.num_graphs)
-        return torch.cat([graph_feat, pooled], dim=1) if self.fuse_global else graph_feat
+        return torch.cat([branch, pooled], dim=1) if self.fuse_global else branch
 
 
 class GDFNet(nn.Module):

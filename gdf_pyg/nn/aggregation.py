@@ -14,7 +14,7 @@ from ..utils.checks import choice, require
 from .conv import CONVS, make_conv, segment_ptr
 from .graph import GraphBuilder
 
-__all__ = ["ACTIVATIONS", "AggregationConfig", "GraphAggregation", "NORMS", "PooledMLP", "READOUTS", "make_readout"]
+__all__ = ["ACTIVATIONS", "AggregationConfig", "GraphAggregation", "NORMS", "PooledMLP", "READOUTS", "make_norm", "make_readout"]
 
 READOUTS = ("mean", "max", "mean_max", "attention")
 NORMS = ("batch_norm", "layer_norm", "none")
@@ -60,6 +60,16 @@ def make_readout(name: str, channels: int) -> Tuple[pyg_aggr.Aggregation, int]:
     if name == "attention":
         return pyg_aggr.AttentionalAggregation(gate_nn=nn.Linear(channels, 1)), channels
     raise ValueError(f"unknown readout {name!r}; expected one of {READOUTS}")
+
+
+def make_norm(name: str, channels: int) -> nn.Module:
+    """The normalisation ``name`` (one of :data:`NORMS`) over ``channels`` features, applied
+    per row: layer norm per node (or per pooled image), not PyG's default per graph."""
+    if name == "none":
+        return nn.Identity()
+    if name == "layer_norm":
+        return normalization_resolver("layer_norm", channels, mode="node")
+    return normalization_resolver(name, channels)
 
 
 class GraphAggregation(nn.Module):
@@ -152,11 +162,7 @@ class GraphAggregation(nn.Module):
         self.reset_parameters()
 
     def _norm(self) -> nn.Module:
-        if self.norm_name == "none":
-            return nn.Identity()
-        if self.norm_name == "layer_norm":  # per node, not PyG's default per graph
-            return normalization_resolver("layer_norm", self.hidden_channels, mode="node")
-        return normalization_resolver(self.norm_name, self.hidden_channels)
+        return make_norm(self.norm_name, self.hidden_channels)
 
     def reset_parameters(self) -> None:
         self.input.reset_parameters()
@@ -218,9 +224,8 @@ class PooledMLP(nn.Module):
         self.residual = residual
         self.input = nn.Linear(in_channels, hidden_channels)
         self.layers = nn.ModuleList(nn.Linear(hidden_channels, hidden_channels) for _ in range(num_layers))
-        make_norm = lambda: nn.Identity() if norm == "none" else normalization_resolver(norm, hidden_channels)  # noqa: E731
-        self.input_norm = make_norm()
-        self.norms = nn.ModuleList(make_norm() for _ in range(num_layers))
+        self.input_norm = make_norm(norm, hidden_channels)
+        self.norms = nn.ModuleList(make_norm(norm, hidden_channels) for _ in range(num_layers))
         self.act = activation_resolver(act)
         self.dropout = nn.Dropout(dropout)
         self.reset_parameters()

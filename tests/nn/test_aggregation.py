@@ -109,3 +109,13 @@ def test_pooled_mlp_control():
     assert out.shape == (5, 16) and repr(mlp) == "PooledMLP(8, 16, num_layers=2)"
     out.sum().backward()
     assert all(p.grad is not None for p in mlp.parameters())
+
+
+def test_pooled_mlp_layer_norm_is_per_image_like_the_graph_layers():
+    """Both share ``make_norm``: an image's features do not depend on the rest of the batch."""
+    from gdf_pyg.nn.aggregation import PooledMLP
+
+    torch.manual_seed(0)
+    mlp = PooledMLP(8, 16, num_layers=2, norm="layer_norm").eval()
+    x = torch.randn(5, 8)
+    torch.testing.assert_close(mlp(x)[:2], mlp(x[:2]))
