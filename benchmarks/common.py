@@ -8,7 +8,7 @@ import statistics
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -32,6 +32,17 @@ def slug(text: str) -> str:
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def best_of(fn: Callable[[], Any], repeats: int = 1) -> Tuple[float, Any]:
+    """The shortest wall time of ``repeats`` calls of ``fn`` in seconds (a busy machine only
+    slows a call down), and the last call's result."""
+    best, out = float("inf"), None
+    for _ in range(repeats):
+        t = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - t)
+    return best, out
 
 
 def time_call(fn: Callable[[], object], device: torch.device, repeats: int = 5, warmup: int = 1,

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -22,7 +21,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import barh_plot, base_parser, command_line, device_label, markdown_table, write_results  # noqa: E402
+from common import barh_plot, base_parser, best_of, command_line, device_label, markdown_table, write_results  # noqa: E402
 
 from gdf_pyg.data.records import ImageRecord  # noqa: E402
 from gdf_pyg.models.gdfnet import GDFNet, GDFNetConfig  # noqa: E402
@@ -40,12 +39,7 @@ QUICK = {"images": 48, "rounds": 2, "search": (20_000, 50, 64, 100), "map": (300
 
 
 def seconds(fn: Callable[[], object], repeats: int = 1) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return best
+    return best_of(fn, repeats)[0]
 
 
 def fastest_forward(model: GDFNet, size: int, count: int) -> Tuple[int, bool, float]:

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import base_parser, barh_plot, command_line, device_label, markdown_table, resolve, write_results  # noqa: E402
+from common import base_parser, barh_plot, best_of, command_line, device_label, markdown_table, resolve, write_results  # noqa: E402
 
 from gdf_pyg.retrieval.index import HammingIndex, pack_codes  # noqa: E402
 from gdf_pyg.retrieval.metrics import mean_average_precision  # noqa: E402
@@ -76,11 +76,7 @@ def map_timing(nq: int, nd: int, bits: int, ref_queries: int, rng: np.random.Gen
     m = min(ref_queries, nq)
     rows = []
     for ties in ("average", "database_order"):
-        ours_s = float("inf")
-        for _ in range(3):
-            t = time.perf_counter()
-            ours = mean_average_precision(qc, dc, ql, dl, ties=ties)
-            ours_s = min(ours_s, time.perf_counter() - t)
+        ours_s, ours = best_of(lambda: mean_average_precision(qc, dc, ql, dl, ties=ties), 3)
         t = time.perf_counter()
         ref_sub = reference_map(qc[:m], dc, ql[:m], dl, ties)
         ref_s = (time.perf_counter() - t) * nq / m
@@ -100,12 +96,7 @@ def search_timing(n_db: int, n_q: int, bits: int, k: int, rng: np.random.Generat
     results = {}
 
     def record(name: str, fn, repeats: int = 3) -> None:
-        sec = float("inf")
-        for _ in range(repeats):  # best of several: a busy machine only slows a run down
-            t = time.perf_counter()
-            out = fn()
-            sec = min(sec, time.perf_counter() - t)
-        results[name] = out
+        sec, results[name] = best_of(fn, repeats)
         rows.append({"engine": name, "database": n_db, "queries": n_q, "bits": bits, "k": k, "seconds": sec,
                      "queries/s": n_q / sec})
 
@@ -148,7 +139,7 @@ def search_timing(n_db: int, n_q: int, bits: int, k: int, rng: np.random.Generat
         elif name.startswith("FAISS") and "raw" in name:
             d, i = results[name]
             same_d = np.array_equal(d, ref_d)
-            row["same as ours"] = ("yes" if same_d and np.array_equal(i, ref_i) else "distances only") if same_d else "NO"
+            row["same as ours"] = "NO" if not same_d else "yes" if np.array_equal(i, ref_i) else "distances only"
         elif name.startswith("float"):
             row["same as ours"] = "ties arbitrary"
         else:
