@@ -40,6 +40,7 @@ class GDFNetConfig:
     img_size: int = 448
     fuse_global: bool = True
     hash_dropout: float = 0.0
+    hash_hidden: int = 0
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     nodes: NodesConfig = field(default_factory=NodesConfig)
     graph: GraphConfig = field(default_factory=GraphConfig)
@@ -51,6 +52,8 @@ class GDFNetConfig:
         require(self.num_classes >= 1, f"{prefix}.num_classes", f"must be >= 1, got {self.num_classes}")
         require(self.img_size >= 16, f"{prefix}.img_size", f"must be >= 16 pixels, got {self.img_size}")
         require(0.0 <= self.hash_dropout < 1.0, f"{prefix}.hash_dropout", f"must be in [0, 1), got {self.hash_dropout}")
+        require(self.hash_hidden >= 0, f"{prefix}.hash_hidden",
+                f"must be >= 0 channels (0: a linear hash layer), got {self.hash_hidden}")
         self.backbone.validate(f"{prefix}.backbone")
         self.nodes.validate(f"{prefix}.nodes")
         self.graph.validate(f"{prefix}.graph")
@@ -189,7 +192,12 @@ class GDFNet(nn.Module):
         self.feature_size = self.backbone.feature_size(config.img_size)
         self.encoder = RegionGraphEncoder(config, self.backbone.channels, self.feature_size)
         self.feature_dim = self.encoder.out_channels
-        self.head = HashHead(self.feature_dim, config.bits, config.num_classes, config.hash_dropout)
+        self.head = self.hash_head(config.bits)
+
+    def hash_head(self, bits: int) -> HashHead:
+        """A hash layer of ``bits`` bits on the encoder's features, as the config asks."""
+        c = self.config
+        return HashHead(self.feature_dim, bits, c.num_classes, c.hash_dropout, c.hash_hidden)
 
     @property
     def aggregation(self) -> Optional[GraphAggregation]:
@@ -274,8 +282,7 @@ class SharedEncoderGDFNet(GDFNet):
             raise ValueError("bits needs at least one code length")
         super().__init__(dataclasses.replace(config, bits=int(bits[0])))
         del self.head
-        self.heads = nn.ModuleDict({str(b): HashHead(self.feature_dim, int(b), config.num_classes, config.hash_dropout)
-                                    for b in bits})
+        self.heads = nn.ModuleDict({str(b): self.hash_head(int(b)) for b in bits})
 
     @property
     def all_bits(self) -> List[int]:

@@ -5,6 +5,8 @@ tanh-relaxed output of the hash layer) and return a scalar, averaged over the ba
 """
 from __future__ import annotations
 
+import itertools
+import math
 from dataclasses import dataclass
 from typing import Dict, Optional, Tuple
 
@@ -20,6 +22,7 @@ __all__ = [
     "GDFLoss",
     "bit_balance_loss",
     "center_loss",
+    "distillation_loss",
     "hadamard_matrix",
     "hash_centers",
     "orthohash_loss",
@@ -202,8 +205,8 @@ def hash_centers(num_classes: int, bits: int, method: str = "hadamard", seed: in
     ``"hadamard"`` (CSQ, Yuan et al., CVPR 2020): the rows of a Hadamard matrix of order
     :math:`K`, then of its negation, for up to :math:`2K` classes: any two centers are at least
     :math:`K/2` apart. With more classes, or no Hadamard matrix of order :math:`K`, the centers
-    are balanced codes (:math:`K/2` ones each) drawn from ``seed`` and picked greedily to keep
-    them far apart. ``"random"``: always those.
+    are codes drawn from ``seed`` as far apart as :func:`_spread_codes` finds (balanced where that
+    costs no distance). ``"random"``: always those.
     """
     if method not in CENTER_METHODS:
         raise ValueError(f"unknown center method {method!r}; expected one of {CENTER_METHODS}")
@@ -212,22 +215,63 @@ def hash_centers(num_classes: int, bits: int, method: str = "hadamard", seed: in
     h = hadamard_matrix(bits) if method == "hadamard" else None
     if h is not None and num_classes <= 2 * bits:
         return torch.cat([h, -h])[:num_classes]
-    return _spread_balanced_codes(num_classes, bits, seed)
+    return _spread_codes(num_classes, bits, seed)
 
 
-def _spread_balanced_codes(count: int, bits: int, seed: int) -> Tensor:
-    """``count`` balanced codes (``bits // 2`` ones) picked greedily from a seeded random pool,
-    each the farthest from those already picked: centers as far apart as a short code allows."""
-    g = torch.Generator().manual_seed(seed)
-    pool_size = max(8 * count, 1024)
-    pool = torch.where(torch.rand(pool_size, bits, generator=g).argsort(dim=1) < bits // 2, 1.0, -1.0)
-    picked = [0]
-    nearest = (bits - pool @ pool[0]) / 2  # distance of each pool code to the closest pick
-    for _ in range(count - 1):
-        nxt = int(torch.argmax(nearest))
-        picked.append(nxt)
-        nearest = torch.minimum(nearest, (bits - pool @ pool[nxt]) / 2)
+def _first_fit(pool: Tensor, distance: int, limit: Optional[int] = None) -> Tensor:
+    """The codes of ``pool`` (in order) that are ``distance`` or more apart from every code taken
+    before them, up to ``limit`` of them."""
+    bits = pool.size(1)
+    free = torch.ones(len(pool), dtype=torch.bool)
+    picked = []
+    while limit is None or len(picked) < limit:
+        left = free.nonzero()
+        if not len(left):
+            break
+        i = int(left[0])
+        picked.append(i)
+        free &= (bits - pool @ pool[i]) / 2 >= distance
     return pool[picked]
+
+
+def _widest_first_fit(pool: Tensor, count: int) -> Tuple[int, Tensor]:
+    """The largest distance at which :func:`_first_fit` finds ``count`` codes, and those codes."""
+    for distance in range(pool.size(1), 0, -1):
+        codes = _first_fit(pool, distance, count)
+        if len(codes) == count:
+            return distance, codes
+    return 0, pool[:0]
+
+
+def _spread_codes(count: int, bits: int, seed: int) -> Tensor:
+    """``count`` codes as far apart as a short code allows, from ``seed``.
+
+    Balanced codes (``bits // 2`` ones: every bit splits the classes in half) are taken first-fit
+    from a seeded shuffle of all of them (or of a random pool when they are too many) at the
+    largest distance that still yields ``count`` codes. Below 17 bits the lexicode is tried too:
+    the first-fit code over all :math:`2^K` words (e.g. 128 words 4 apart at 12 bits, where
+    balanced words reach only 2), of which a seeded random ``count`` are taken (the first ones
+    would share their leading bits), bits permuted and flipped by ``seed``. The farther apart of
+    the two is kept, the balanced one on a tie.
+    """
+    g = torch.Generator().manual_seed(seed)
+    if math.comb(bits, bits // 2) <= 4096:
+        ones = torch.tensor(list(itertools.combinations(range(bits), bits // 2)), dtype=torch.long)
+        pool = torch.full((len(ones), bits), -1.0).scatter_(1, ones, 1.0)
+    else:
+        pool = torch.where(torch.rand(max(8 * count, 4096), bits, generator=g).argsort(dim=1) < bits // 2, 1.0, -1.0)
+    best, codes = _widest_first_fit(pool[torch.randperm(len(pool), generator=g)], count)
+    if bits <= 16 and count <= 2**bits:
+        words = ((torch.arange(2**bits).unsqueeze(1) >> torch.arange(bits - 1, -1, -1)) & 1) * 2.0 - 1.0
+        distance, _ = _widest_first_fit(words, count)
+        if distance > best:
+            lexicode = _first_fit(words, distance)
+            lexicode = lexicode[torch.randperm(len(lexicode), generator=g)[:count]]
+            flips = torch.where(torch.rand(bits, generator=g) < 0.5, -1.0, 1.0)
+            codes = lexicode[:, torch.randperm(bits, generator=g)] * flips
+    if len(codes) < count:
+        raise ValueError(f"cannot make {count} distinct codes of {bits} bits")
+    return codes
 
 
 def center_loss(h: Tensor, labels: Tensor, centers: Tensor, eps: float = 1e-6) -> Tensor:
@@ -270,13 +314,41 @@ def orthohash_loss(h: Tensor, labels: Tensor, centers: Tensor, scale: float = 8.
     return F.cross_entropy(scale * cos, labels)
 
 
+def distillation_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float = 2.0) -> Tensor:
+    r"""Knowledge distillation (Hinton et al., 2015): the student's class distribution matches
+    the teacher's, both softened by :math:`T`.
+
+    .. math::
+        \mathcal{L}_{KD} = \frac{T^2}{B} \sum_i \mathrm{KL}\big(\operatorname{softmax}(\mathbf{t}_i / T)
+        \,\big\|\, \operatorname{softmax}(\mathbf{s}_i / T)\big)
+
+    (:math:`T^2` keeps the gradient's scale independent of :math:`T`). The teacher passes no
+    gradient.
+
+    Args:
+        student_logits (Tensor): :math:`(B, C)`.
+        teacher_logits (Tensor): :math:`(B, C)`.
+        temperature (float): :math:`T > 0`. (default: :obj:`2.0`)
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if student_logits.shape != teacher_logits.shape:
+        raise ValueError(f"student logits {tuple(student_logits.shape)} and teacher logits "
+                         f"{tuple(teacher_logits.shape)} differ in shape")
+    teacher = F.log_softmax(teacher_logits.detach() / temperature, dim=1)
+    student = F.log_softmax(student_logits / temperature, dim=1)
+    return F.kl_div(student, teacher, reduction="batchmean", log_target=True) * temperature**2
+
+
 @dataclass
 class LossWeights:
     """Weights of the terms of :class:`GDFLoss` (0 switches a term off), and their settings.
 
     ``center`` weighs the central-similarity loss to the class's hash center (CSQ),
     ``orthohash`` the OrthoHash loss against orthogonal class codes; both use the targets of
-    :func:`hash_centers` (``centers`` method, ``center_seed``).
+    :func:`hash_centers` (``centers`` method, ``center_seed``). ``distill`` weighs, for heads of
+    a shared encoder (``train.shared_encoder``), the :func:`distillation_loss` of each shorter
+    head's logits to the longest head's, at ``distill_temperature``.
     """
 
     classification: float = 1.0
@@ -291,13 +363,17 @@ class LossWeights:
     center_seed: int = 0
     ortho_scale: float = 8.0
     ortho_margin: float = 0.2
+    distill: float = 0.0
+    distill_temperature: float = 2.0
 
     def validate(self, prefix: str = "loss") -> None:
         require(self.gamma > 0, f"{prefix}.gamma", f"must be > 0, got {self.gamma}")
         choice(self.centers, CENTER_METHODS, f"{prefix}.centers")
         require(self.ortho_scale > 0, f"{prefix}.ortho_scale", f"must be > 0, got {self.ortho_scale}")
         require(0 <= self.ortho_margin < 1, f"{prefix}.ortho_margin", f"must be in [0, 1), got {self.ortho_margin}")
-        for name in ("classification", "quantization", "balance", "pairwise", "center", "orthohash"):
+        require(self.distill_temperature > 0, f"{prefix}.distill_temperature",
+                f"must be > 0, got {self.distill_temperature}")
+        for name in ("classification", "quantization", "balance", "pairwise", "center", "orthohash", "distill"):
             require(getattr(self, name) >= 0, f"{prefix}.{name}", f"must be >= 0, got {getattr(self, name)}")
         require(0.0 <= self.label_smoothing < 1.0, f"{prefix}.label_smoothing",
                 f"must be in [0, 1), got {self.label_smoothing}")

@@ -126,6 +126,8 @@ class TrainConfig:
         self.train.validate("train")
         self.eval.validate("eval")
         self.loss.validate("loss")
+        require(not self.loss.distill or self.train.shared_encoder, "loss.distill",
+                "distils the shorter heads of a shared encoder from the longest; it needs train.shared_encoder=true")
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "TrainConfig":

@@ -16,6 +16,8 @@ import torch
 from torch import Tensor
 
 from ..models.gdfnet import GDFNet, GDFOutput, SharedEncoderGDFNet
+from ..nn.losses import distillation_loss
+from ..nn.sync import all_gather_cat
 from ..utils.checks import ConfigError
 from ..utils.progress import Progress, no_progress
 from .config import TrainConfig
@@ -54,13 +56,21 @@ class SharedEncoderTrainer(Trainer):
         return self._place(model)
 
     def losses(self, out: GDFOutput, labels: Tensor) -> Dict[str, Tensor]:
-        """The sum over heads of each head's loss terms; ``loss@K`` is head ``K``'s total."""
+        """The sum over heads of each head's loss terms; ``loss@K`` is head ``K``'s total. With
+        ``loss.distill`` each shorter head also learns the longest head's class distribution
+        (the teacher passes no gradient through it)."""
         model: SharedEncoderGDFNet = self.model
         codes = model.split(out.codes.float())
         logits = dict(zip(self.all_bits, out.logits.float().split(self.data.num_classes, dim=1)))
+        w = self.cfg.loss
+        teacher = max(self.all_bits)
         terms: Dict[str, Tensor] = {}
         for b in self.all_bits:
             head = self.loss_fn(codes[b], logits[b], labels)
+            if w.distill and b != teacher:
+                head["distill"] = w.distill * distillation_loss(all_gather_cat(logits[b]),
+                                                                all_gather_cat(logits[teacher]), w.distill_temperature)
+                head["loss"] = head["loss"] + head["distill"]
             for k, v in head.items():
                 terms[k] = terms[k] + v if k in terms else v
             terms[f"loss@{b}"] = head["loss"]

@@ -134,6 +134,19 @@ def test_random_centers_are_balanced_distinct_and_seeded():
     assert not torch.equal(hash_centers(102, 48, "random", seed=3), hash_centers(102, 48, "random", seed=4))
 
 
+@pytest.mark.parametrize("classes, bits, apart", [(102, 12, 4), (200, 12, 3), (102, 16, 6), (525, 16, 4)])
+def test_short_code_centers_reach_the_lexicode_distance(classes, bits, apart):
+    # Balanced 12-bit words cannot hold 102 classes 4 apart (first-fit reaches 2); the
+    # lexicode (shortened extended Hamming code: 128 words, distance 4) can.
+    from gdf_pyg.nn.losses import hash_centers
+
+    c = hash_centers(classes, bits)
+    assert c.shape == (classes, bits) and len(torch.unique(c, dim=0)) == classes
+    assert ((bits - c @ c.t()) / 2).fill_diagonal_(bits).min() >= apart
+    assert c.mean(0).abs().max() < 0.3  # no bit (nearly) constant over the classes
+    assert not torch.equal(c, hash_centers(classes, bits, seed=1))
+
+
 def test_center_loss_hand_values_and_gradient():
     from gdf_pyg.nn.losses import center_loss
 
@@ -175,3 +188,31 @@ def test_gdf_loss_with_class_targets_trains_codes_toward_their_centers():
     assert set(terms) == {"quantization", "balance", "center", "orthohash", "loss"}
     centers = loss_fn.centers(4, 12, raw.device)
     assert torch.equal(torch.where(raw >= 0, 1.0, -1.0), centers[labels])
+
+
+def test_distillation_loss_hand_values_and_gradient():
+    from gdf_pyg.nn.losses import distillation_loss
+
+    z = torch.tensor([[1.0, 2.0, 0.5]])
+    assert distillation_loss(z, z.clone()).item() == pytest.approx(0.0, abs=1e-7)
+    # T = 1: KL(p || q) with p = softmax(t), q = softmax(s), by hand
+    s = torch.tensor([[0.0, 0.0]], requires_grad=True)
+    t = torch.tensor([[0.0, torch.log(torch.tensor(3.0))]], requires_grad=True)  # p = (1/4, 3/4)
+    want = 0.25 * torch.log(torch.tensor(0.25 / 0.5)) + 0.75 * torch.log(torch.tensor(0.75 / 0.5))
+    loss = distillation_loss(s, t, temperature=1.0)
+    assert loss.item() == pytest.approx(want.item(), rel=1e-6)
+    loss.backward()
+    # d KL / d s = q - p, and the teacher gets no gradient
+    torch.testing.assert_close(s.grad, torch.tensor([[0.5 - 0.25, 0.5 - 0.75]]))
+    assert t.grad is None
+    # T^2 scaling: at T = 2 the logits are halved inside and the loss multiplied by 4
+    assert distillation_loss(2 * s.detach(), 2 * t.detach(), 2.0).item() == pytest.approx(4 * want.item(), rel=1e-6)
+
+
+def test_distillation_loss_errors():
+    from gdf_pyg.nn.losses import distillation_loss
+
+    with pytest.raises(ValueError, match="temperature"):
+        distillation_loss(torch.zeros(2, 3), torch.zeros(2, 3), 0.0)
+    with pytest.raises(ValueError, match=r"\(2, 3\).*\(2, 4\)"):
+        distillation_loss(torch.zeros(2, 3), torch.zeros(2, 4))

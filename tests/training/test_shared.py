@@ -16,9 +16,11 @@ from gdf_pyg.training.shared import SharedEncoderTrainer
 from ..conftest import TINY_BACKBONE, TINY_RUN
 
 
-def test_a_heads_codes_are_its_single_models_codes():
+@pytest.mark.parametrize("hash_hidden", [0, 24])
+def test_a_heads_codes_are_its_single_models_codes(hash_hidden):
     cfg = GDFNetConfig.from_dict({"backbone": {"name": TINY_BACKBONE, "pretrained": False}, "img_size": 64,
-                                  "graph": {"k": 3}, "aggregation": {"hidden_channels": 16}, "num_classes": 5})
+                                  "graph": {"k": 3}, "aggregation": {"hidden_channels": 16}, "num_classes": 5,
+                                  "hash_hidden": hash_hidden})
     shared = SharedEncoderGDFNet(cfg, [12, 32]).eval()
     images = torch.randn(6, 3, 64, 64)
     out = shared(images)
@@ -46,9 +48,10 @@ def test_shared_run_saves_and_evaluates_each_code_length_as_a_plain_model(tmp_pa
         assert evaluated[bits]["metrics"] == trained[bits]["metrics"]
 
 
-def _trainer(folder_root, out):
+def _trainer(folder_root, out, *overrides):
     cfg = TrainConfig.load(overrides=[f"data.root={folder_root}", *TINY_RUN, "train.bits=[12,16]",
-                                      "train.frozen_backbone=false", "train.shared_encoder=true", "optim.epochs=3"])
+                                      "train.frozen_backbone=false", "train.shared_encoder=true", "optim.epochs=3",
+                                      *overrides])
     data = build_run_data(cfg, GDFNet(GDFNetConfig.from_dict({**cfg.model.to_dict(), "num_classes": 2})).image_config)
     return SharedEncoderTrainer(cfg, [12, 16], data, out, torch.device("cpu"))
 
@@ -84,3 +87,24 @@ def test_shared_encoder_does_not_start_from_separate_models(tmp_path, folder_roo
     with pytest.raises(ConfigError, match="train.init_from: starts separate models"):
         TrainConfig.load(overrides=[f"data.root={folder_root}", *TINY_RUN, "train.shared_encoder=true",
                                     f"train.init_from={tmp_path}"])
+
+
+def test_distillation_teaches_the_short_heads_from_the_longest(tmp_path, folder_root):
+    from gdf_pyg.nn.losses import distillation_loss
+
+    trainer = _trainer(folder_root, tmp_path, "loss.distill=0.5", "loss.distill_temperature=3.0")
+    model = trainer.model.train()
+    images = torch.randn(4, 3, 64, 64)
+    out = model(images)
+    terms = trainer.losses(out, torch.tensor([0, 1, 0, 1]))
+    z12, z16 = out.logits.split(trainer.data.num_classes, dim=1)
+    torch.testing.assert_close(terms["distill"], 0.5 * distillation_loss(z12, z16, 3.0))
+    model.zero_grad()
+    terms["distill"].backward()
+    assert model.heads["12"].classifier.weight.grad.abs().sum() > 0
+    assert all(p.grad is None or not p.grad.any() for p in model.heads["16"].parameters())  # the teacher
+
+
+def test_distillation_needs_a_shared_encoder(folder_root):
+    with pytest.raises(ConfigError, match="loss.distill: .*needs train.shared_encoder=true"):
+        TrainConfig.load(overrides=[f"data.root={folder_root}", *TINY_RUN, "loss.distill=1.0"])
