@@ -234,11 +234,12 @@ def _first_fit(pool: Tensor, distance: int, limit: Optional[int] = None) -> Tens
     return pool[picked]
 
 
-def _widest_first_fit(pool: Tensor, count: int) -> Tuple[int, Tensor]:
-    """The largest distance at which :func:`_first_fit` finds ``count`` codes, and those codes."""
+def _widest_first_fit(pool: Tensor, count: int, limit: Optional[int] = None) -> Tuple[int, Tensor]:
+    """The largest distance at which :func:`_first_fit` finds ``count`` codes, and the codes it
+    finds there (up to ``limit``; by default exactly ``count``)."""
     for distance in range(pool.size(1), 0, -1):
-        codes = _first_fit(pool, distance, count)
-        if len(codes) == count:
+        codes = _first_fit(pool, distance, count if limit is None else limit)
+        if len(codes) >= count:
             return distance, codes
     return 0, pool[:0]
 
@@ -263,9 +264,8 @@ def _spread_codes(count: int, bits: int, seed: int) -> Tensor:
     best, codes = _widest_first_fit(pool[torch.randperm(len(pool), generator=g)], count)
     if bits <= 16 and count <= 2**bits:
         words = ((torch.arange(2**bits).unsqueeze(1) >> torch.arange(bits - 1, -1, -1)) & 1) * 2.0 - 1.0
-        distance, _ = _widest_first_fit(words, count)
+        distance, lexicode = _widest_first_fit(words, count, limit=len(words))  # the whole lexicode
         if distance > best:
-            lexicode = _first_fit(words, distance)
             lexicode = lexicode[torch.randperm(len(lexicode), generator=g)[:count]]
             flips = torch.where(torch.rand(bits, generator=g) < 0.5, -1.0, 1.0)
             codes = lexicode[:, torch.randperm(bits, generator=g)] * flips

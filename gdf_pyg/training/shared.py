@@ -64,12 +64,13 @@ class SharedEncoderTrainer(Trainer):
         logits = dict(zip(self.all_bits, out.logits.float().split(self.data.num_classes, dim=1)))
         w = self.cfg.loss
         teacher = max(self.all_bits)
+        teacher_logits = all_gather_cat(logits[teacher]) if w.distill else None  # once for every student
         terms: Dict[str, Tensor] = {}
         for b in self.all_bits:
             head = self.loss_fn(codes[b], logits[b], labels)
-            if w.distill and b != teacher:
-                head["distill"] = w.distill * distillation_loss(all_gather_cat(logits[b]),
-                                                                all_gather_cat(logits[teacher]), w.distill_temperature)
+            if teacher_logits is not None and b != teacher:
+                head["distill"] = w.distill * distillation_loss(all_gather_cat(logits[b]), teacher_logits,
+                                                                w.distill_temperature)
                 head["loss"] = head["loss"] + head["distill"]
             for k, v in head.items():
                 terms[k] = terms[k] + v if k in terms else v
