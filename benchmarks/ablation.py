@@ -21,7 +21,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import base_parser, command_line, markdown_table, pyplot, write_results  # noqa: E402
@@ -55,17 +55,24 @@ QUICK_DATASET = ["data.dataset=synthetic", "data.synthetic.num_classes=6", "data
                  "model.aggregation.hidden_channels=16", "optim.batch_size=8"]
 
 
-def run_variant(base: List[str], variant: List[str], seed: int, epochs: int, cache: Path,
-                shared: bool = True, bits: Sequence[int] = BITS) -> Dict[str, float]:
-    """One run of the cpu preset with ``base`` and ``variant`` overrides: test mAP and best epoch
-    of each code length, and the run's wall time."""
+def train_preset(overrides: Sequence[str], seed: int, epochs: int, cache: Path, shared: bool = True,
+                 bits: Sequence[int] = BITS) -> Tuple[Dict[str, Any], float]:
+    """One training run of the cpu preset with ``overrides``, in a temporary folder, validated
+    every second epoch: the results of each code length (``train``'s summary) and the wall time."""
     cfg = TrainConfig.load(preset="cpu", overrides=[
-        *base, *variant, f"train.seed={seed}", f"optim.epochs={epochs}", "train.eval_every=2",
+        *overrides, f"train.seed={seed}", f"optim.epochs={epochs}", "train.eval_every=2",
         f"train.shared_encoder={str(shared).lower()}", f"train.bits=[{','.join(map(str, bits))}]", "train.device=cpu"])
     with tempfile.TemporaryDirectory() as out:
         t0 = time.perf_counter()
         results = train(cfg, out, cache_dir=cache)["results"]
-        seconds = time.perf_counter() - t0
+        return results, time.perf_counter() - t0
+
+
+def run_variant(base: List[str], variant: List[str], seed: int, epochs: int, cache: Path,
+                shared: bool = True, bits: Sequence[int] = BITS) -> Dict[str, float]:
+    """One run of the cpu preset with ``base`` and ``variant`` overrides: test mAP and best epoch
+    of each code length, and the run's wall time."""
+    results, seconds = train_preset([*base, *variant], seed, epochs, cache, shared, bits)
     row = {f"_{b}": results[str(b)]["metrics"]["map"] for b in bits}
     row.update({f"_epoch{b}": results[str(b)]["best_epoch"] for b in bits}, _seconds=seconds)
     return row

@@ -11,17 +11,13 @@ from __future__ import annotations
 import logging
 import statistics
 import sys
-import tempfile
-import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ablation import BITS, DATASETS, LITE0  # noqa: E402
+from ablation import BITS, DATASETS, LITE0, train_preset  # noqa: E402
 from common import base_parser, command_line, markdown_table, write_results  # noqa: E402
 
-from gdf_pyg.training.config import TrainConfig  # noqa: E402
-from gdf_pyg.training.run import train  # noqa: E402
 
 CANDIDATES: Dict[str, List[str]] = {
     "cpu preset (before)": [],
@@ -34,13 +30,7 @@ CANDIDATES: Dict[str, List[str]] = {
 
 
 def evaluate(dataset: List[str], overrides: List[str], seed: int, epochs: int, cache: Path, test: bool):
-    cfg = TrainConfig.load(preset="cpu", overrides=[
-        *dataset, f"model.backbone.weights_file={LITE0}", *overrides, f"train.seed={seed}", f"optim.epochs={epochs}",
-        "train.eval_every=2", "train.shared_encoder=true", f"train.bits=[{','.join(map(str, BITS))}]"])
-    with tempfile.TemporaryDirectory() as out:
-        t0 = time.perf_counter()
-        results = train(cfg, out, cache_dir=cache)["results"]
-        seconds = time.perf_counter() - t0
+    results, seconds = train_preset([*dataset, f"model.backbone.weights_file={LITE0}", *overrides], seed, epochs, cache)
     row = {f"val {b}": results[str(b)]["val_map"] for b in BITS}
     if test:
         row.update({f"test {b}": results[str(b)]["metrics"]["map"] for b in BITS})

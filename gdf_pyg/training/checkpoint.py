@@ -24,6 +24,7 @@ __all__ = [
     "capture_rng",
     "load_checkpoint",
     "restore_rng",
+    "seed_everything",
     "save_checkpoint",
 ]
 
@@ -86,6 +87,14 @@ def load_checkpoint(path: Union[str, Path], map_location: Union[str, torch.devic
             f"{str(path)!r} has checkpoint format {state['format_version']}, this gdf-pyg reads {FORMAT_VERSION}"
         )
     return state
+
+
+def seed_everything(seed: int) -> None:
+    """Seeds every generator a run draws from: torch (initialisation, augmentation), NumPy,
+    and Python's (timm's random crops)."""
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
 
 
 def capture_rng() -> Dict[str, Any]:

@@ -56,6 +56,10 @@ class TrainSection:
     values while it is fine-tuned (small batches estimate them poorly). ``shared_encoder`` trains
     every code length as a hash head of one encoder, once, instead of one model per code length
     (the paper's way, the default); each code length is still selected and saved on its own.
+    ``cached_views`` (frozen backbone) caches that many augmented views of every training image
+    (random resized crops and flips, as in fine-tuning) beside its plain view; each epoch draws
+    one of an image's ``1 + cached_views`` feature maps at random. Computed once and kept in the
+    cache (in float16), for the price of encoding the training images that many more times.
     """
 
     bits: List[int] = field(default_factory=lambda: [12, 24, 32, 48])
@@ -69,6 +73,7 @@ class TrainSection:
     init_from: Optional[str] = None
     freeze_backbone_bn: bool = True
     shared_encoder: bool = False
+    cached_views: int = 0
 
     def validate(self, prefix: str = "train") -> None:
         require(len(self.bits) >= 1, f"{prefix}.bits", "needs at least one code length")
@@ -78,6 +83,9 @@ class TrainSection:
         require(self.device in ("auto", "cpu") or self.device.startswith("cuda"), f"{prefix}.device",
                  f"expected 'auto', 'cpu' or 'cuda[:N]', got {self.device!r}")
         require(self.eval_every >= 1, f"{prefix}.eval_every", f"must be >= 1, got {self.eval_every}")
+        require(self.cached_views >= 0, f"{prefix}.cached_views", f"must be >= 0, got {self.cached_views}")
+        require(not self.cached_views or self.frozen_backbone, f"{prefix}.cached_views",
+                "caches views of a frozen backbone's features; it needs train.frozen_backbone=true")
         require(not (self.shared_encoder and self.init_from is not None), f"{prefix}.init_from",
                 "starts separate models; it cannot be combined with train.shared_encoder=true")
         if self.init_from is not None:

@@ -156,12 +156,14 @@ def cache_key(identity: Dict[str, Any]) -> str:
 
 
 def load_feature_cache(path: Path) -> Optional[Tuple[Dict[str, EncodedSet], List[str]]]:
-    """The cached feature maps of each split and the images skipped when they were computed."""
+    """The cached feature maps of each set (``train``, ``test``, or views) and the images
+    skipped when they were computed."""
     if not path.is_file():
         return None
     state = torch.load(path, map_location="cpu", weights_only=True)
     log.info("reusing cached backbone features %s", path)
-    sets = {k: EncodedSet(state[k]["values"], state[k]["positions"], state[k]["batches"]) for k in ("train", "test")}
+    sets = {k: EncodedSet(v["values"], v["positions"], v["batches"]) for k, v in state.items()
+            if isinstance(v, dict)}  # beside the sets: "skipped" and the checkpoint format
     return sets, list(state.get("skipped", []))
 
 

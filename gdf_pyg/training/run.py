@@ -19,12 +19,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..data.transforms import TRAIN_SCALE
 from ..models.gdfnet import GDFNet, GDFNetConfig
 from ..retrieval.metrics import PRCurve, retrieval_report
 from ..utils.checks import ConfigError
 from ..utils.config_io import to_dict
 from ..utils.progress import Progress, no_progress
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint, save_checkpoint, seed_everything
 from .config import TrainConfig
 from .distributed import DistContext, barrier, close_distributed, init_distributed
 from .encoding import EncodedSet, cache_key, encode_dataset, load_feature_cache, save_feature_cache
@@ -55,7 +56,9 @@ def cached_features(cfg: TrainConfig, data: RunData, model: GDFNet, device: torc
                     progress: Progress = no_progress, ctx: Optional[DistContext] = None) -> Dict[str, EncodedSet]:
     """Backbone feature maps of the training and test splits, computed once (in float32, in
     the evaluation batches, shared among the processes) and kept in ``cache_dir`` for every
-    later run with the same backbone, image size, batch size and data."""
+    later run with the same backbone, image size, batch size and data; with
+    ``train.cached_views`` also that many augmented views of the images the model trains on
+    (``view1``, ``view2``, ...; positions in the training split), kept in a file of their own."""
     ctx = ctx or DistContext()
     identity = {"backbone": to_dict(cfg.model.backbone), "img_size": cfg.model.img_size,
                 "batch_size": cfg.eval.batch_size, "data": data.identity, "format": "float32"}
@@ -63,21 +66,47 @@ def cached_features(cfg: TrainConfig, data: RunData, model: GDFNet, device: torc
     if weights:
         wf = Path(weights).expanduser()
         identity["weights"] = [str(wf.resolve()), wf.stat().st_size, int(wf.stat().st_mtime)]
-    path = cache_dir / f"features-{cache_key(identity)}.pt"
+    model.eval()
+    plain = (("train", data.train_eval, data.train_paths), ("test", data.test_eval, data.test_paths))
+    sets = _cached_sets(cache_dir / f"features-{cache_key(identity)}.pt", plain, cfg, data, model, device, progress,
+                        ctx, data.skipped)
+    views = cfg.train.cached_views
+    if views:
+        fit_paths = [data.train_paths[int(p)] for p in data.fit_pos]
+        # Training inputs only, never replayed into reported codes: float16 halves their size.
+        view_identity = {**identity, "views": views, "scale": list(TRAIN_SCALE), "fit": data.fit_pos.tolist(),
+                         "format": "float16"}
+        augmented = [(f"view{v}", data.train_aug, fit_paths) for v in range(1, views + 1)]
+        view_sets = _cached_sets(cache_dir / f"views-{cache_key(view_identity)}.pt", augmented, cfg, data, model,
+                                 device, progress, ctx, [], torch.float16)  # unreadable: as in the plain view
+        for view in view_sets.values():
+            view.positions = data.fit_pos[view.positions]  # rows of train_aug -> positions in the split
+        sets.update(view_sets)
+    return sets
+
+
+def _cached_sets(path: Path, sources: Sequence[Tuple[str, Any, List[str]]], cfg: TrainConfig, data: RunData,
+                 model: GDFNet, device: torch.device, progress: Progress, ctx: DistContext,
+                 skipped: List[str], dtype: torch.dtype = torch.float32) -> Dict[str, EncodedSet]:
+    """The feature maps of ``(name, dataset, paths)`` sources from ``path``, or encoded (kept in
+    ``dtype``) and saved there; images skipped as unreadable are appended to ``skipped``.
+    Augmented datasets are encoded with their random draws seeded by the source's place, so a
+    cache is reproducible."""
     found = load_feature_cache(path)
     if found is not None:
-        sets, skipped = found
-        data.skipped.extend(skipped)
+        sets, unreadable = found
+        skipped.extend(unreadable)
         return sets
-    model.eval()
-    before = len(data.skipped)
+    before = len(skipped)
     sets = {}
-    for split, ds, paths in (("train", data.train_eval, data.train_paths), ("test", data.test_eval, data.test_paths)):
-        sets[split] = encode_dataset(model.forward_features, ds, cfg.eval.batch_size, device, ctx=ctx,
-                                     num_workers=cfg.data.num_workers, progress=progress if ctx.is_main else no_progress,
-                                     desc=f"features {split}", skipped=data.skipped, paths=paths)
+    for i, (name, ds, paths) in enumerate(sources):
+        seed_everything(i)
+        sets[name] = encode_dataset(model.forward_features, ds, cfg.eval.batch_size, device, ctx=ctx,
+                                    num_workers=cfg.data.num_workers, progress=progress if ctx.is_main else no_progress,
+                                    desc=f"features {name}", skipped=skipped, paths=paths)
+        sets[name].values = sets[name].values.to(dtype)
     if ctx.is_main:
-        save_feature_cache(path, sets, data.skipped[before:])
+        save_feature_cache(path, sets, skipped[before:])
     return sets
 
 

@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import random
 import time
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
@@ -31,7 +29,7 @@ from ..utils.checks import ConfigError
 from ..utils.codes import binarize
 from ..utils.progress import Progress, no_progress
 from .amp import autocast
-from .checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
+from .checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint, seed_everything
 from .config import TrainConfig
 from .distributed import DistContext, barrier
 from .encoding import EncodedSet, encode_cached, encode_dataset, readable_batches
@@ -129,12 +127,7 @@ class Trainer:
         return self._place(model)
 
     def _seed(self) -> None:
-        # Every generator the run draws from: torch (initialisation, augmentation), NumPy, and
-        # Python's (timm's random crops).
-        seed = self.cfg.train.seed
-        torch.manual_seed(seed)
-        np.random.seed(seed % 2**32)
-        random.seed(seed)
+        seed_everything(self.cfg.train.seed)
 
     def _place(self, model: GDFNet) -> GDFNet:
         """Global batch statistics under several processes, the device, a frozen backbone."""
@@ -216,40 +209,51 @@ class Trainer:
         log.info("%s: resumed from %s at epoch %d", self.label, path, self.epoch)
 
     # ---- batches ------------------------------------------------------------------------
-    def _epoch_shards(self) -> List[Tuple[Tensor, Tensor]]:
-        """This process's shard of each global batch of the epoch: ``(rows, flip)``.
+    def _epoch_shards(self) -> List[Tuple[Tensor, Tensor, Tensor]]:
+        """This process's shard of each global batch of the epoch: ``(rows, flip, view)``.
 
-        Every process draws the same seeded permutation and flips, so the shards of one
-        global batch are disjoint and together form it. ``rows`` index ``data.fit_pos``.
+        Every process draws the same seeded permutation, flips and views, so the shards of
+        one global batch are disjoint and together form it. ``rows`` index ``data.fit_pos``;
+        ``view`` picks each image's cached feature map (0: the plain view; always 0 without
+        ``train.cached_views``, drawn only with them so that runs without keep their draws).
         """
         bs = self.cfg.optim.batch_size
         order = torch.randperm(len(self.data.fit_pos), generator=self.generator)
         flips = torch.rand(len(order), generator=self.generator) < 0.5
+        views = self.cfg.train.cached_views
+        view = (torch.randint(0, views + 1, (len(order),), generator=self.generator) if views
+                else torch.zeros(len(order), dtype=torch.long))
         mine = self.ctx.shard(bs)
         shards = []
         for s in range(self.steps_per_epoch):
             sel = slice(s * bs + mine.start, s * bs + mine.stop)
-            shards.append((order[sel], flips[sel]))
+            shards.append((order[sel], flips[sel], view[sel]))
         return shards
 
-    def _feature_batches(self, shards: List[Tuple[Tensor, Tensor]]) -> Iterator[Tuple[Tensor, Tensor]]:
-        """Cached feature maps of each shard (images skipped as unreadable left out)."""
-        feats = self.features["train"]
-        row_of = torch.full((len(self.data.train_labels),), -1, dtype=torch.long)
-        row_of[feats.positions] = torch.arange(len(feats.positions))
-        fit_rows = row_of[self.data.fit_pos]
-        for rows, flip in shards:
-            idx = fit_rows[rows]
+    def _feature_batches(self, shards: List[Tuple[Tensor, Tensor, Tensor]]) -> Iterator[Tuple[Tensor, Tensor]]:
+        """Cached feature maps of each shard, each image in its drawn view (images skipped as
+        unreadable left out)."""
+        sets = [self.features["train"]] + [self.features[f"view{v}"] for v in range(1, self.cfg.train.cached_views + 1)]
+        fit_rows = []  # per view: the row of each training image in that view's set, -1 if unreadable
+        for feats in sets:
+            row_of = torch.full((len(self.data.train_labels),), -1, dtype=torch.long)
+            row_of[feats.positions] = torch.arange(len(feats.positions))
+            fit_rows.append(row_of[self.data.fit_pos])
+        fit_rows = torch.stack(fit_rows)
+        for rows, flip, view in shards:
+            idx = fit_rows[view, rows]
             readable = idx >= 0
-            idx, flip = idx[readable], flip[readable]
-            fmap = feats.values[idx].float()
+            rows, idx, flip, view = rows[readable], idx[readable], flip[readable], view[readable]
+            fmap = torch.empty(len(idx), *sets[0].values.shape[1:])
+            for v in view.unique().tolist():
+                fmap[view == v] = sets[v].values[idx[view == v]].float()
             if self.cfg.train.feature_flip:
                 fmap[flip] = fmap[flip].flip(-1)
-            yield fmap, self.data.train_labels[feats.positions[idx]]
+            yield fmap, self.data.train_labels[self.data.fit_pos[rows]]
 
-    def _image_batches(self, shards: List[Tuple[Tensor, Tensor]]) -> Iterator[Tuple[Tensor, Tensor]]:
+    def _image_batches(self, shards: List[Tuple[Tensor, Tensor, Tensor]]) -> Iterator[Tuple[Tensor, Tensor]]:
         """Augmented images of each shard (images skipped as unreadable left out)."""
-        loader = DataLoader(self.data.train_aug, batch_sampler=[rows.tolist() for rows, _ in shards],
+        loader = DataLoader(self.data.train_aug, batch_sampler=[rows.tolist() for rows, _, _ in shards],
                             num_workers=self.cfg.data.num_workers, collate_fn=collate_skipping_bad)
         fit_paths = [self.data.train_paths[int(p)] for p in self.data.fit_pos]
         for images, labels, _ in readable_batches(loader, self.data.skipped, fit_paths):

@@ -35,8 +35,9 @@ def test_shared_run_saves_and_evaluates_each_code_length_as_a_plain_model(tmp_pa
     run = tmp_path / "run"
     args = ["train", "--out", str(run), "--no-progress", f"data.root={folder_root}", "train.bits=[12,16]",
             "train.frozen_backbone=true", "train.shared_encoder=true", *TINY_RUN, "optim.epochs=30",
-            "data.val_fraction=0"]
+            "data.val_fraction=0", "train.cached_views=1"]
     assert main(args) == 0
+    assert len(list((run / "cache").glob("views-*.pt"))) == 1  # trained on augmented views too
     trained = json.loads((run / "metrics.json").read_text())["results"]
     assert (run / "shared" / "last.pt").is_file() and not list(run.glob("bits*/last.pt"))
     for bits in (12, 16):

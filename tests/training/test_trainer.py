@@ -62,3 +62,60 @@ def test_mixed_precision_trains_in_bf16_with_float32_losses(folder_root, tmp_pat
         losses.append(float(terms["loss"]))
     assert set(seen) == {torch.bfloat16}  # the backbone and the hash layer ran under autocast
     assert losses[-1] < losses[0] and all(map(math.isfinite, losses))
+
+
+def test_cached_views_are_augmented_reproducible_and_drawn_per_image(tmp_path, folder_root):
+    from gdf_pyg.models.gdfnet import GDFNet
+    from gdf_pyg.training.run import cached_features
+    from gdf_pyg.training.run_data import build_run_data
+    from gdf_pyg.training.trainer import Trainer, model_config_for
+
+    cpu = torch.device("cpu")
+    cfg = TrainConfig.load(overrides=[f"data.root={folder_root}", *TINY, "train.frozen_backbone=true",
+                                      "train.cached_views=2", "train.feature_flip=false"])
+    torch.manual_seed(0)
+    probe = GDFNet(model_config_for(cfg, 12, 3)).eval()
+    data = build_run_data(cfg, probe.image_config)
+    feats = cached_features(cfg, data, probe, cpu, tmp_path / "a")
+    assert set(feats) == {"train", "test", "view1", "view2"}
+    plain = {int(p): row for row, p in enumerate(feats["train"].positions)}
+    for name in ("view1", "view2"):
+        view = feats[name]
+        assert torch.equal(view.positions, data.fit_pos)  # every image the model trains on, none of validation's
+        rows = torch.tensor([plain[int(p)] for p in view.positions])
+        assert view.values.shape == feats["train"].values[rows].shape and view.values.dtype == torch.float16
+        assert not torch.allclose(view.values.float(), feats["train"].values[rows], atol=1e-2)  # random crops
+    assert not torch.allclose(feats["view1"].values, feats["view2"].values)
+    # The plain features keep their own file (shared with runs without views); a second cache is identical.
+    assert len(list((tmp_path / "a").glob("features-*.pt"))) == 1 and len(list((tmp_path / "a").glob("views-*.pt"))) == 1
+    again, reloaded = cached_features(cfg, data, probe, cpu, tmp_path / "b"), cached_features(cfg, data, probe, cpu,
+                                                                                              tmp_path / "a")
+    assert set(reloaded) == set(feats)
+    assert all(torch.equal(s[k].values, feats[k].values) and torch.equal(s[k].positions, feats[k].positions)
+               for s in (again, reloaded) for k in feats)
+
+    trainer = Trainer(cfg, 12, data, tmp_path / "run", cpu, feats)
+    shards = trainer._epoch_shards()
+    for (rows, _, view), (fmap, labels) in zip(shards, trainer._feature_batches(shards)):
+        sets = [feats["train"], feats["view1"], feats["view2"]]
+        for i, (r, v) in enumerate(zip(rows.tolist(), view.tolist())):
+            pos = int(data.fit_pos[r])
+            row = int((sets[v].positions == pos).nonzero())
+            assert torch.equal(fmap[i], sets[v].values[row].float()) and labels[i] == data.train_labels[pos]
+    drawn = torch.cat([view for _ in range(5) for _, _, view in trainer._epoch_shards()])
+    assert set(drawn.tolist()) == {0, 1, 2}  # every view is drawn, epoch after epoch
+
+    # Without views every image takes its plain view, and the permutation and flips are unchanged.
+    plain_cfg = TrainConfig.load(overrides=[f"data.root={folder_root}", *TINY, "train.frozen_backbone=true",
+                                            "train.feature_flip=false"])
+    plain_shards = Trainer(plain_cfg, 12, data, tmp_path / "run0", cpu, feats)._epoch_shards()
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) and not b[2].any()
+               for a, b in zip(shards, plain_shards))
+
+
+def test_cached_views_need_a_frozen_backbone(folder_root):
+    with pytest.raises(ConfigError, match="train.cached_views: caches views of a frozen backbone"):
+        TrainConfig.load(overrides=[f"data.root={folder_root}", *TINY, "train.cached_views=2"])
+    with pytest.raises(ConfigError, match="train.cached_views: must be >= 0, got -1"):
+        TrainConfig.load(overrides=[f"data.root={folder_root}", *TINY, "train.frozen_backbone=true",
+                                    "train.cached_views=-1"])
