@@ -27,6 +27,9 @@ def segment_ptr(index: Tensor, dim_size: int) -> OptTensor:
     return index2ptr(index, dim_size)
 
 
+_GATHER_BUDGET = 2**24  # entries (64 MB of float32) of gathered neighbour features at a time
+
+
 class _NeighbourMax(torch.autograd.Function):
     """``max_j src[nbr[i, j]]`` per node and feature, for a fixed number of neighbours.
 
@@ -37,11 +40,12 @@ class _NeighbourMax(torch.autograd.Function):
     @staticmethod
     def forward(ctx, src: Tensor, nbr: Tensor) -> Tensor:
         if not ctx.needs_input_grad[0]:
-            # Inference: a running maximum over k row gathers, no (N, k, F) temporary.
-            values = src.index_select(0, nbr[:, 0])
-            for j in range(1, nbr.size(1)):
-                torch.maximum(values, src.index_select(0, nbr[:, j]), out=values)
-            return values
+            # Inference: one gather and one max per chunk of nodes (about twice as fast on a CPU as
+            # k gathers and k maxima), the (rows, k, F) temporary held to _GATHER_BUDGET entries.
+            k, f = nbr.size(1), src.size(1)
+            parts = [src.index_select(0, part.reshape(-1)).view(len(part), k, f).amax(1)
+                     for part in nbr.split(max(1, _GATHER_BUDGET // max(1, k * f)))]
+            return parts[0] if len(parts) == 1 else torch.cat(parts)
         values, arg = src[nbr].max(dim=1)  # (N, F)
         ctx.save_for_backward(nbr.gather(1, arg))
         ctx.num_src = src.size(0)

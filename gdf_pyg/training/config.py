@@ -59,7 +59,8 @@ class TrainSection:
     ``cached_views`` (frozen backbone) caches that many augmented views of every training image
     (random resized crops and flips, as in fine-tuning) beside its plain view; each epoch draws
     one of an image's ``1 + cached_views`` feature maps at random. Computed once and kept in the
-    cache (in float16), for the price of encoding the training images that many more times.
+    cache (in float16), for the price of encoding the training images that many more times. A
+    backbone that is fine-tuned sees freshly augmented images instead; no views are cached.
     """
 
     bits: List[int] = field(default_factory=lambda: [12, 24, 32, 48])
@@ -84,8 +85,6 @@ class TrainSection:
                  f"expected 'auto', 'cpu' or 'cuda[:N]', got {self.device!r}")
         require(self.eval_every >= 1, f"{prefix}.eval_every", f"must be >= 1, got {self.eval_every}")
         require(self.cached_views >= 0, f"{prefix}.cached_views", f"must be >= 0, got {self.cached_views}")
-        require(not self.cached_views or self.frozen_backbone, f"{prefix}.cached_views",
-                "caches views of a frozen backbone's features; it needs train.frozen_backbone=true")
         require(not (self.shared_encoder and self.init_from is not None), f"{prefix}.init_from",
                 "starts separate models; it cannot be combined with train.shared_encoder=true")
         if self.init_from is not None:

@@ -25,7 +25,7 @@ from ..retrieval.metrics import PRCurve, retrieval_report
 from ..utils.checks import ConfigError
 from ..utils.config_io import to_dict
 from ..utils.progress import Progress, no_progress
-from .checkpoint import load_checkpoint, save_checkpoint, seed_everything
+from .checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint, seed_everything
 from .config import TrainConfig
 from .distributed import DistContext, barrier, close_distributed, init_distributed
 from .encoding import EncodedSet, cache_key, encode_dataset, load_feature_cache, save_feature_cache
@@ -91,13 +91,14 @@ def _cached_sets(path: Path, sources: Sequence[Tuple[str, Any, List[str]]], cfg:
     """The feature maps of ``(name, dataset, paths)`` sources from ``path``, or encoded (kept in
     ``dtype``) and saved there; images skipped as unreadable are appended to ``skipped``.
     Augmented datasets are encoded with their random draws seeded by the source's place, so a
-    cache is reproducible."""
+    cache is reproducible; the generators' state is restored after, so a run draws the same
+    numbers whether it finds its cache or computes it."""
     found = load_feature_cache(path)
     if found is not None:
         sets, unreadable = found
         skipped.extend(unreadable)
         return sets
-    before = len(skipped)
+    before, rng = len(skipped), capture_rng()
     sets = {}
     for i, (name, ds, paths) in enumerate(sources):
         seed_everything(i)
@@ -105,6 +106,7 @@ def _cached_sets(path: Path, sources: Sequence[Tuple[str, Any, List[str]]], cfg:
                                     num_workers=cfg.data.num_workers, progress=progress if ctx.is_main else no_progress,
                                     desc=f"features {name}", skipped=skipped, paths=paths)
         sets[name].values = sets[name].values.to(dtype)
+    restore_rng(rng)
     if ctx.is_main:
         save_feature_cache(path, sets, skipped[before:])
     return sets

@@ -221,7 +221,7 @@ class Trainer:
         order = torch.randperm(len(self.data.fit_pos), generator=self.generator)
         flips = torch.rand(len(order), generator=self.generator) < 0.5
         views = self.cfg.train.cached_views
-        view = (torch.randint(0, views + 1, (len(order),), generator=self.generator) if views
+        view = (torch.randint(0, views + 1, (len(order),), generator=self.generator) if views and self.frozen
                 else torch.zeros(len(order), dtype=torch.long))
         mine = self.ctx.shard(bs)
         shards = []

@@ -76,7 +76,11 @@ def test_cached_views_are_augmented_reproducible_and_drawn_per_image(tmp_path, f
     torch.manual_seed(0)
     probe = GDFNet(model_config_for(cfg, 12, 3)).eval()
     data = build_run_data(cfg, probe.image_config)
+    torch.manual_seed(7)
     feats = cached_features(cfg, data, probe, cpu, tmp_path / "a")
+    drawn_after = torch.rand(3)
+    torch.manual_seed(7)
+    assert torch.equal(drawn_after, torch.rand(3))  # the generators are left as they were found
     assert set(feats) == {"train", "test", "view1", "view2"}
     plain = {int(p): row for row, p in enumerate(feats["train"].positions)}
     for name in ("view1", "view2"):
@@ -113,9 +117,18 @@ def test_cached_views_are_augmented_reproducible_and_drawn_per_image(tmp_path, f
                for a, b in zip(shards, plain_shards))
 
 
-def test_cached_views_need_a_frozen_backbone(folder_root):
-    with pytest.raises(ConfigError, match="train.cached_views: caches views of a frozen backbone"):
-        TrainConfig.load(overrides=[f"data.root={folder_root}", *TINY, "train.cached_views=2"])
+def test_cached_views_only_with_a_frozen_backbone(tmp_path, folder_root):
+    from gdf_pyg.models.gdfnet import GDFNet
+    from gdf_pyg.training.run_data import build_run_data
+    from gdf_pyg.training.trainer import Trainer, model_config_for
+
     with pytest.raises(ConfigError, match="train.cached_views: must be >= 0, got -1"):
         TrainConfig.load(overrides=[f"data.root={folder_root}", *TINY, "train.frozen_backbone=true",
                                     "train.cached_views=-1"])
+    # Fine-tuning augments the images themselves: a preset's views draw nothing and cache nothing.
+    cfg = TrainConfig.load(overrides=[f"data.root={folder_root}", *TINY, "train.cached_views=2"])
+    data = build_run_data(cfg, GDFNet(model_config_for(cfg, 12, 3)).image_config)
+    trainer = Trainer(cfg, 12, data, tmp_path, torch.device("cpu"))
+    assert not any(view.any() for _ in range(5) for _, _, view in trainer._epoch_shards())
+    train(cfg, tmp_path / "run")
+    assert not list((tmp_path / "run").rglob("views-*.pt"))
