@@ -82,11 +82,11 @@ def test_cached_views_are_augmented_reproducible_and_drawn_per_image(tmp_path, f
     torch.manual_seed(7)
     assert torch.equal(drawn_after, torch.rand(3))  # the generators are left as they were found
     assert set(feats) == {"train", "test", "view1", "view2"}
-    plain = {int(p): row for row, p in enumerate(feats["train"].positions)}
+    plain_row = {int(p): row for row, p in enumerate(feats["train"].positions)}
     for name in ("view1", "view2"):
         view = feats[name]
         assert torch.equal(view.positions, data.fit_pos)  # every image the model trains on, none of validation's
-        rows = torch.tensor([plain[int(p)] for p in view.positions])
+        rows = torch.tensor([plain_row[int(p)] for p in view.positions])
         assert view.values.shape == feats["train"].values[rows].shape and view.values.dtype == torch.float16
         assert not torch.allclose(view.values.float(), feats["train"].values[rows], atol=1e-2)  # random crops
     assert not torch.allclose(feats["view1"].values, feats["view2"].values)
@@ -112,9 +112,17 @@ def test_cached_views_are_augmented_reproducible_and_drawn_per_image(tmp_path, f
     # Without views every image takes its plain view, and the permutation and flips are unchanged.
     plain_cfg = TrainConfig.load(overrides=[f"data.root={folder_root}", *TINY, "train.frozen_backbone=true",
                                             "train.feature_flip=false"])
-    plain_shards = Trainer(plain_cfg, 12, data, tmp_path / "run0", cpu, feats)._epoch_shards()
+    plain = Trainer(plain_cfg, 12, data, tmp_path / "run0", cpu, {k: feats[k] for k in ("train", "test")})
+    plain_shards = plain._epoch_shards()
     assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) and not b[2].any()
                for a, b in zip(shards, plain_shards))
+    # ... and its batches are the cache's rows as stored, layout included (the layout decides the
+    # rounding downstream, so runs without views train exactly as before views existed).
+    cache_layout = feats["train"].values.is_contiguous(memory_format=torch.channels_last)
+    for (rows, _, _), (fmap, _) in zip(plain_shards, plain._feature_batches(plain_shards)):
+        expected = feats["train"].values[torch.tensor([plain_row[int(data.fit_pos[r])] for r in rows.tolist()])]
+        assert torch.equal(fmap, expected)
+        assert fmap.is_contiguous(memory_format=torch.channels_last) == cache_layout
 
 
 def test_cached_views_only_with_a_frozen_backbone(tmp_path, folder_root):
