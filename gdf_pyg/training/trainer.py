@@ -244,12 +244,11 @@ class Trainer:
             idx = fit_rows[view, rows]
             readable = idx >= 0
             rows, idx, flip, view = rows[readable], idx[readable], flip[readable], view[readable]
-            if len(sets) == 1:
-                fmap = sets[0].values[idx].float()  # keeps the cache's (channels-last) layout, and its rounding
-            else:
-                fmap = torch.empty(len(idx), *sets[0].values.shape[1:])
-                for v in view.unique().tolist():
-                    fmap[view == v] = sets[v].values[idx[view == v]].float()
+            # In the cache's memory layout (channels-last from the backbone): the layout decides the
+            # rounding downstream, so runs without views train exactly as before views existed.
+            fmap = torch.empty_like(sets[0].values[:len(idx)], dtype=torch.float32)
+            for v in view.unique().tolist():
+                fmap[view == v] = sets[v].values[idx[view == v]].float()
             if self.cfg.train.feature_flip:
                 fmap[flip] = fmap[flip].flip(-1)
             yield fmap, self.data.train_labels[self.data.fit_pos[rows]]
