@@ -2,9 +2,9 @@
 
 The cpu preset as it was in version 0.1 (learning rate 0.002, quantization weight 0.1, no label
 smoothing, a linear hash layer), in 0.2.0 (a linear hash layer, no dropout before it), with the
-hidden layer but no dropout, in 0.3.0 (dropout 0.2) and as it is, trained through the library on the cached features of
-the frozen ImageNet EfficientNet-Lite0, every code length at its best validation epoch, for
-several seeds; test mAP@all (ties averaged), mean +/- sd, and the wall time of a run.
+hidden layer but no dropout, in 0.3.0 (dropout 0.2) and as it is, trained through the library on
+the cached features of the frozen ImageNet EfficientNet-Lite0, every code length at its best
+validation epoch, for several seeds; test mAP@all (ties averaged), mean +/- sd, and the wall time of a run.
 ``--shared`` trains the code lengths as heads of one encoder (about 4x cheaper on a CPU);
 without it each code length is a separate model. Rows of configurations not run again are kept
 from the results file, so one configuration can be added or rerun at a time.

@@ -68,26 +68,25 @@ def cached_features(cfg: TrainConfig, data: RunData, model: GDFNet, device: torc
         identity["weights"] = [str(wf.resolve()), wf.stat().st_size, int(wf.stat().st_mtime)]
     model.eval()
     plain = (("train", data.train_eval, data.train_paths), ("test", data.test_eval, data.test_paths))
-    sets = _cached_sets(cache_dir / f"features-{cache_key(identity)}.pt", plain, cfg, data, model, device, progress,
-                        ctx, data.skipped)
+    sets = _cached_sets(cache_dir / f"features-{cache_key(identity)}.pt", plain, cfg, model, device, progress, ctx,
+                        data.skipped)
     views = cfg.train.cached_views
     if views:
-        fit_paths = [data.train_paths[int(p)] for p in data.fit_pos]
         # Training inputs only, never replayed into reported codes: float16 halves their size.
         view_identity = {**identity, "views": views, "scale": list(TRAIN_SCALE), "fit": data.fit_pos.tolist(),
                          "format": "float16"}
-        augmented = [(f"view{v}", data.train_aug, fit_paths) for v in range(1, views + 1)]
-        view_sets = _cached_sets(cache_dir / f"views-{cache_key(view_identity)}.pt", augmented, cfg, data, model,
-                                 device, progress, ctx, [], torch.float16)  # unreadable: as in the plain view
+        augmented = [(f"view{v}", data.train_aug, data.fit_paths) for v in range(1, views + 1)]
+        view_sets = _cached_sets(cache_dir / f"views-{cache_key(view_identity)}.pt", augmented, cfg, model, device,
+                                 progress, ctx, [], torch.float16)  # unreadable: as in the plain view
         for view in view_sets.values():
             view.positions = data.fit_pos[view.positions]  # rows of train_aug -> positions in the split
         sets.update(view_sets)
     return sets
 
 
-def _cached_sets(path: Path, sources: Sequence[Tuple[str, Any, List[str]]], cfg: TrainConfig, data: RunData,
-                 model: GDFNet, device: torch.device, progress: Progress, ctx: DistContext,
-                 skipped: List[str], dtype: torch.dtype = torch.float32) -> Dict[str, EncodedSet]:
+def _cached_sets(path: Path, sources: Sequence[Tuple[str, Any, List[str]]], cfg: TrainConfig, model: GDFNet,
+                 device: torch.device, progress: Progress, ctx: DistContext, skipped: List[str],
+                 dtype: torch.dtype = torch.float32) -> Dict[str, EncodedSet]:
     """The feature maps of ``(name, dataset, paths)`` sources from ``path``, or encoded (kept in
     ``dtype``) and saved there; images skipped as unreadable are appended to ``skipped``.
     Augmented datasets are encoded with their random draws seeded by the source's place, so a

@@ -72,6 +72,11 @@ class RunData:
     def num_classes(self) -> int:
         return len(self.classes)
 
+    @property
+    def fit_paths(self) -> List[str]:
+        """Paths of the images the model trains on, in the order of ``fit_pos`` (``train_aug``'s)."""
+        return [self.train_paths[int(p)] for p in self.fit_pos]
+
 
 def _positions(records: Sequence[ImageRecord], subset: Sequence[ImageRecord]) -> Tensor:
     where = {rec: i for i, rec in enumerate(records)}

@@ -257,8 +257,7 @@ class Trainer:
         """Augmented images of each shard (images skipped as unreadable left out)."""
         loader = DataLoader(self.data.train_aug, batch_sampler=[rows.tolist() for rows, _, _ in shards],
                             num_workers=self.cfg.data.num_workers, collate_fn=collate_skipping_bad)
-        fit_paths = [self.data.train_paths[int(p)] for p in self.data.fit_pos]
-        for images, labels, _ in readable_batches(loader, self.data.skipped, fit_paths):
+        for images, labels, _ in readable_batches(loader, self.data.skipped, self.data.fit_paths):
             if images is None:  # every image of this shard was unreadable
                 size = self.cfg.model.img_size
                 images, labels = torch.empty(0, 3, size, size), torch.empty(0, dtype=torch.long)
