@@ -23,7 +23,11 @@ __all__ = ["ConfigError", "EvalConfig", "OptimConfig", "TrainConfig", "TrainSect
 
 @dataclass
 class OptimConfig:
-    """AdamW with per-step warm-up and cosine (or step, or constant) decay."""
+    """AdamW with per-step warm-up and cosine (or step, or constant) decay.
+
+    ``ema_decay`` (0 = off) keeps an exponential moving average of the weights with that decay
+    (:mod:`gdf_pyg.training.ema`); validation, model selection and the saved models use it.
+    """
 
     epochs: int = 30
     batch_size: int = 32
@@ -33,6 +37,7 @@ class OptimConfig:
     scheduler: str = "cosine"
     warmup_epochs: float = 0.0
     grad_clip: float = 0.0
+    ema_decay: float = 0.0
 
     def validate(self, prefix: str = "optim") -> None:
         require(self.epochs >= 1, f"{prefix}.epochs", f"must be >= 1, got {self.epochs}")
@@ -44,6 +49,7 @@ class OptimConfig:
         require(0 <= self.warmup_epochs < self.epochs, f"{prefix}.warmup_epochs",
                  f"must be in [0, epochs={self.epochs}), got {self.warmup_epochs}")
         require(self.grad_clip >= 0, f"{prefix}.grad_clip", f"must be >= 0 (0 = off), got {self.grad_clip}")
+        require(0 <= self.ema_decay < 1, f"{prefix}.ema_decay", f"must be in [0, 1) (0 = off), got {self.ema_decay}")
 
 
 @dataclass

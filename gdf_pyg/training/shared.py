@@ -85,7 +85,7 @@ class SharedEncoderTrainer(Trainer):
 
     def _select(self, stats: Dict[str, float], evaluate: bool) -> None:
         if not len(self.data.val_pos):
-            state = _state_dict_cpu(self.model)
+            state = _state_dict_cpu(self.selected_model)
             for b in self.all_bits:
                 self.best_epoch[b], self.best_state[b] = self.epoch, state
             return
@@ -96,7 +96,7 @@ class SharedEncoderTrainer(Trainer):
         for b, values in self.model.split(codes.values).items():
             stats[f"val_map@{b}"] = value = self.validation_map(EncodedSet(values, codes.positions, codes.batches))
             if value > self.best_metric[b]:
-                state = state or _state_dict_cpu(self.model)
+                state = state or _state_dict_cpu(self.selected_model)
                 self.best_metric[b], self.best_epoch[b], self.best_state[b] = value, self.epoch, state
 
     def _selection_state(self) -> Dict[str, Any]:

@@ -32,6 +32,7 @@ from .amp import autocast
 from .checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint, seed_everything
 from .config import TrainConfig
 from .distributed import DistContext, barrier
+from .ema import WeightAverage
 from .encoding import EncodedSet, encode_cached, encode_dataset, readable_batches
 from .run_data import RunData
 from .schedule import make_scheduler
@@ -101,6 +102,7 @@ class Trainer:
         self.model = self._build_model()
         self.optimizer = torch.optim.AdamW(self._param_groups(), weight_decay=cfg.optim.weight_decay)
         self.params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        self.average = WeightAverage(self.model, cfg.optim.ema_decay) if cfg.optim.ema_decay else None
         self.step_module: nn.Module = _Step(self.model)
         if self.ctx.active:
             self.step_module = DistributedDataParallel(
@@ -125,6 +127,12 @@ class Trainer:
             model.load_state_dict(load_checkpoint(start)["model"])
             log.info("%s: starting from the weights of %s", self.label, start)
         return self._place(model)
+
+    @property
+    def selected_model(self) -> GDFNet:
+        """The weights validated, selected and saved: the moving average with
+        ``optim.ema_decay``, else the trained model itself."""
+        return self.average.module if self.average is not None else self.model
 
     def _seed(self) -> None:
         seed_everything(self.cfg.train.seed)
@@ -175,6 +183,7 @@ class Trainer:
             "generator": self.generator.get_state(),
             "rng": capture_rng(),
             "history": self.history,
+            "average": self.average.state_dict() if self.average is not None else {},
             **self._selection_state(),
         }
 
@@ -190,7 +199,7 @@ class Trainer:
         """The selected model alone (``best.pt``): weights, configuration, classes, history."""
         state = self.checkpoint()
         state["kind"] = "gdf-pyg-model"
-        for key in ("optimizer", "generator", "rng", "best_model"):
+        for key in ("optimizer", "generator", "rng", "average", "best_model"):
             state.pop(key)
         return state
 
@@ -204,6 +213,11 @@ class Trainer:
         restore_rng(state["rng"])
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
         self.scheduler.step_update(self.step)
+        if self.average is not None:
+            if not state.get("average"):
+                raise ConfigError(f"{path}: checkpoint has no moving average of the weights; "
+                                  f"resume it with optim.ema_decay=0 as it was trained")
+            self.average.load_state_dict(state["average"])
         self._restore_selection(state)
         self.history = list(state["history"])
         log.info("%s: resumed from %s at epoch %d", self.label, path, self.epoch)
@@ -309,6 +323,8 @@ class Trainer:
         if self.cfg.optim.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.params, self.cfg.optim.grad_clip)
         self.optimizer.step()
+        if self.average is not None:
+            self.average.update()
         self.step += 1
         self.scheduler.step_update(self.step)
 
@@ -356,7 +372,7 @@ class Trainer:
         ``eval.batch_size``), shared among the processes. For ``selection`` (validation during
         training) cached maps go through in large chunks instead: only the choice of epoch
         depends on those codes, and they differ from the exact ones by float rounding at most."""
-        model = model or self.model
+        model = model or self.selected_model
         model.eval()
         if self.frozen:
             head = lambda fmap: binarize(model.forward_head(fmap).codes)  # noqa: E731
@@ -382,12 +398,12 @@ class Trainer:
         """Keeps the weights of the best validation mAP (every process decides alike)."""
         if not len(self.data.val_pos):
             # No validation split: the last epoch is the model.
-            self.best_epoch, self.best_state = self.epoch, _state_dict_cpu(self.model)
+            self.best_epoch, self.best_state = self.epoch, _state_dict_cpu(self.selected_model)
         elif evaluate:
             stats["val_map"] = self.validation_map()
             if stats["val_map"] > self.best_metric:
                 self.best_metric, self.best_epoch = stats["val_map"], self.epoch
-                self.best_state = _state_dict_cpu(self.model)
+                self.best_state = _state_dict_cpu(self.selected_model)
 
     def fit(self) -> None:
         """Trains to ``optim.epochs``, evaluating every ``train.eval_every`` epochs and after
