@@ -2,6 +2,6 @@
 # All CPU benchmarks in full mode (about 1.5 hours on 2 cores, the ablation most of it); results in benchmarks/results/
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-for script in graph_construction pipeline retrieval_engine training_throughput paper_setting ablation; do
+for script in graph_construction pipeline retrieval_engine training_throughput paper_setting ablation short_codes; do
     "$root/.venv/bin/python" "$root/benchmarks/$script.py" "$@"
 done

@@ -10,7 +10,7 @@ import pytest
 
 from .conftest import FLOWERS, ROOT, needs_flowers
 
-SCRIPTS = ["graph_construction", "retrieval_engine", "training_throughput", "ablation",
+SCRIPTS = ["graph_construction", "retrieval_engine", "training_throughput", "ablation", "short_codes",
            pytest.param("paper_setting", marks=needs_flowers), pytest.param("pipeline", marks=needs_flowers)]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
 
@@ -24,7 +24,8 @@ def run_quick(script, tmp_path, *extra):
 
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_quick_mode(script, tmp_path):
-    extra = {"ablation": ["--cache", str(tmp_path / "cache")], "paper_setting": ["--data", str(FLOWERS)]}
+    extra = {"ablation": ["--cache", str(tmp_path / "cache")], "short_codes": ["--cache", str(tmp_path / "cache")],
+             "paper_setting": ["--data", str(FLOWERS)]}
     out = run_quick(script, tmp_path, *extra.get(script, []))
     name = f"{script}_quick"
     md = (tmp_path / f"{name}.md").read_text()
@@ -39,6 +40,12 @@ def test_quick_mode(script, tmp_path):
         maps = [r for r in rows if "ties" in r]
         assert {r["ties"] for r in maps} == {"average", "database_order"}
         assert all(r["max |ours - reference|"] < 1e-12 for r in maps)  # both rules equal their float64 references
+    if script == "short_codes":
+        rows = json.loads((tmp_path / f"{name}.json").read_text())
+        assert [r["bits"] for r in rows] == [12, 24, 32, 48]
+        for r in rows:  # the mAP the diagnosis recomputes is the one training selected the model by
+            recorded = json.loads((tmp_path / "short_codes_quick_run" / f"bits{r['bits']}" / "result.json").read_text())
+            assert r["val mAP"] == pytest.approx(recorded["val_map"], abs=1e-6)
     if script == "paper_setting":
         assert "backbone: random initialisation (no --weights given)" in out
         rows = json.loads((tmp_path / f"{name}.json").read_text())

@@ -55,6 +55,7 @@ from ..utils.codes import check_binary, hamming_from_inner, inner_products, matm
 __all__ = [
     "TIES",
     "DistanceCounts",
+    "average_precisions",
     "PRCurve",
     "distance_counts",
     "hamming_distance",
@@ -338,15 +339,19 @@ def _check_topk(topk: Optional[int], n_db: int) -> int:
     return min(check_positive_int(topk, "topk"), n_db)
 
 
-def _map(q: Tensor, b: Tensor, ql: Tensor, bl: Tensor, topk: Optional[int], ties: str,
-         counts: Optional[DistanceCounts] = None) -> float:
+def _average_precisions(q: Tensor, b: Tensor, ql: Tensor, bl: Tensor, topk: Optional[int], ties: str,
+                        counts: Optional[DistanceCounts] = None) -> np.ndarray:
     n = _check_topk(topk, b.size(0))
     if ties == "database_order":
-        return float(_database_order_ap(q, b, ql, bl, n).mean())
+        return _database_order_ap(q, b, ql, bl, n)
     counts = counts if counts is not None else _counts(q, b, ql, bl)
     harmonic = _harmonic(b.size(0))
-    ap = _average_precision_all(counts, harmonic) if n >= b.size(0) else _average_precision_at(counts, n, harmonic)
-    return float(ap.mean())
+    return _average_precision_all(counts, harmonic) if n >= b.size(0) else _average_precision_at(counts, n, harmonic)
+
+
+def _map(q: Tensor, b: Tensor, ql: Tensor, bl: Tensor, topk: Optional[int], ties: str,
+         counts: Optional[DistanceCounts] = None) -> float:
+    return float(_average_precisions(q, b, ql, bl, topk, ties, counts).mean())
 
 
 def mean_average_precision(
@@ -377,6 +382,22 @@ def mean_average_precision(
     _check_ties(ties)
     q, b, ql, bl = _prepare(query_codes, db_codes, query_labels, db_labels)
     return _map(q, b, ql, bl, topk, ties)
+
+
+def average_precisions(
+    query_codes: ArrayLike,
+    db_codes: ArrayLike,
+    query_labels: ArrayLike,
+    db_labels: ArrayLike,
+    topk: Optional[int] = None,
+    ties: str = "average",
+) -> np.ndarray:
+    r"""The average precision of every query, :math:`(Q,)` float64: the terms whose mean is
+    :func:`mean_average_precision` (same arguments and rules). Shows where a mAP is lost,
+    e.g. a few queries near 0 or many queries a little below 1."""
+    _check_ties(ties)
+    q, b, ql, bl = _prepare(query_codes, db_codes, query_labels, db_labels)
+    return _average_precisions(q, b, ql, bl, topk, ties)
 
 
 def _precision_at(q, b, ql, bl, k: int, ties: str, counts: Optional[DistanceCounts] = None) -> float:

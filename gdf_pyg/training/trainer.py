@@ -384,14 +384,19 @@ class Trainer:
                               num_workers=self.cfg.data.num_workers, progress=self.progress,
                               desc=f"encode {split}", skipped=self.data.skipped, paths=paths)
 
-    def validation_map(self, codes: Optional[EncodedSet] = None) -> float:
-        """mAP@all of the validation images against the rest of the training split."""
-        train = codes if codes is not None else self.codes("train", selection=True)
+    def validation_sets(self, train: EncodedSet) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+        """The validation queries and their database (the rest of the training split) among the
+        ``train`` split's codes: ``(query_codes, db_codes, query_labels, db_labels)``."""
         where = {int(p): i for i, p in enumerate(train.positions)}
         q = [where[int(p)] for p in self.data.val_pos if int(p) in where]
         db = [where[int(p)] for p in self.data.fit_pos if int(p) in where]
         labels = self.data.train_labels[train.positions]
-        return mean_average_precision(train.values[q], train.values[db], labels[q], labels[db])
+        return train.values[q], train.values[db], labels[q], labels[db]
+
+    def validation_map(self, codes: Optional[EncodedSet] = None) -> float:
+        """mAP@all of the validation images against the rest of the training split."""
+        return mean_average_precision(*self.validation_sets(codes if codes is not None else
+                                                            self.codes("train", selection=True)))
 
     # ---- the loop -----------------------------------------------------------------------
     def _select(self, stats: Dict[str, float], evaluate: bool) -> None:

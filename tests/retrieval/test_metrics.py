@@ -8,6 +8,7 @@ import torch
 
 from gdf_pyg.retrieval import metrics
 from gdf_pyg.retrieval.metrics import (
+    average_precisions,
     distance_counts,
     hamming_distance,
     mean_average_precision,
@@ -95,6 +96,22 @@ def test_average_equals_the_mean_over_every_order(seed, topk):
     if topk:
         expected = over_every_order(reference_precision, qc, dc, ql, dl, topk)
         assert precision_at_k(qc, dc, ql, dl, topk) == pytest.approx(expected, abs=1e-12)
+
+
+@pytest.mark.parametrize("topk", [None, 3])
+def test_per_query_average_precisions(topk):
+    rng = np.random.default_rng(3)
+    qc, dc = random_codes(7, 4, rng), random_codes(40, 4, rng)
+    ql, dl = rng.integers(0, 3, 7), rng.integers(0, 3, 40)
+    aps = average_precisions(qc, dc, ql, dl, topk=topk, ties="database_order")
+    np.testing.assert_allclose(aps, reference_aps(qc, dc, ql, dl, topk), atol=1e-12)
+    tied = average_precisions(qc, dc, ql, dl, topk=topk)
+    assert tied.shape == (7,) and tied.dtype == np.float64
+    assert float(tied.mean()) == mean_average_precision(qc, dc, ql, dl, topk=topk)
+    # One query alone: its term, whatever the other queries are.
+    assert average_precisions(qc[2:3], dc, ql[2:3], dl, topk=topk)[0] == pytest.approx(tied[2], abs=1e-15)
+    with pytest.raises(ValueError, match="ties"):
+        average_precisions(qc, dc, ql, dl, ties="random")
 
 
 def test_average_equals_database_order_without_ties():
