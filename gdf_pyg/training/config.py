@@ -67,6 +67,12 @@ class TrainSection:
     one of an image's ``1 + cached_views`` feature maps at random. Computed once and kept in the
     cache (in float16), for the price of encoding the training images that many more times. A
     backbone that is fine-tuned sees freshly augmented images instead; no views are cached.
+    ``feature_flip`` mirrors cached feature maps at random (frozen backbone). Mirroring only
+    permutes the spatial nodes, and heads with a feature-space graph or the grid are invariant to
+    that (the layers see node features, never positions; the grid is mirror-symmetric): with the
+    cpu preset the codes of mirrored maps are identical. It matters for image-space kNN, which
+    breaks distance ties by node order, and for custom layers that use positions; real
+    augmentation of a frozen backbone is ``cached_views``.
     """
 
     bits: List[int] = field(default_factory=lambda: [12, 24, 32, 48])

@@ -40,6 +40,24 @@ def test_forward_shapes_and_codes(kind, head):
     torch.testing.assert_close(model.encode_features(fmap), codes)
 
 
+@pytest.mark.parametrize("graph", ["dynamic", "knn", "grid"])
+@pytest.mark.parametrize("kind", ["spatial", "parts"])
+def test_heads_are_invariant_to_mirrored_feature_maps(graph, kind):
+    # Why train.feature_flip changes nothing for the shipped heads: mirroring permutes the nodes.
+    if kind == "parts" and graph == "grid":
+        pytest.skip("the grid graph needs spatial nodes")
+    torch.manual_seed(0)
+    model = GDFNet(tiny_config(nodes__kind=kind, nodes__num_parts=6, graph__method=graph)).eval()
+    fmap = torch.randn(3, model.backbone.channels, 5, 5)
+    with torch.no_grad():
+        plain, mirrored = model.forward_head(fmap), model.forward_head(fmap.flip(-1))
+        transposed = model.forward_head(fmap.transpose(-1, -2).contiguous())  # not a symmetry of every graph
+    torch.testing.assert_close(mirrored.codes, plain.codes, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(mirrored.logits, plain.logits, atol=1e-5, rtol=1e-5)
+    if graph in ("dynamic", "knn") or kind == "parts":  # feature-space graphs: any node order
+        torch.testing.assert_close(transposed.codes, plain.codes, atol=1e-5, rtol=1e-5)
+
+
 def test_gradients_reach_every_parameter():
     model = GDFNet(tiny_config(nodes__kind="parts", nodes__num_parts=6))
     out = model(torch.randn(4, 3, 64, 64))
