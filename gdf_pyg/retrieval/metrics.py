@@ -379,9 +379,7 @@ def mean_average_precision(
     Returns:
         mAP as a Python float (float64 accumulation).
     """
-    _check_ties(ties)
-    q, b, ql, bl = _prepare(query_codes, db_codes, query_labels, db_labels)
-    return _map(q, b, ql, bl, topk, ties)
+    return float(average_precisions(query_codes, db_codes, query_labels, db_labels, topk, ties).mean())
 
 
 def average_precisions(

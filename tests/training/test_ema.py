@@ -8,7 +8,7 @@ from gdf_pyg.training.config import ConfigError, TrainConfig
 from gdf_pyg.training.ema import WeightAverage
 from gdf_pyg.training.encoding import EncodedSet
 
-from .test_shared import _trainer
+from .test_shared import _trainer, stop_in_epoch
 
 
 def test_average_by_hand():
@@ -69,18 +69,7 @@ def test_selection_uses_the_average_and_resumes_exactly(tmp_path, folder_root):
         assert stats[f"val_map@{bits}"] == whole.validation_map(EncodedSet(values, codes.positions, codes.batches))
         assert stats[f"val_map@{bits}"] == whole.history[-1][f"val_map@{bits}"]  # what the last epoch reported
 
-    cut = _trainer(folder_root, tmp_path / "b", "optim.ema_decay=0.5")
-    original, calls = cut.train_epoch, {"n": 0}
-
-    def stop_in_the_third_epoch():
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return original()
-
-    cut.train_epoch = stop_in_the_third_epoch
-    with pytest.raises(KeyboardInterrupt):
-        cut.fit()
+    stop_in_epoch(_trainer(folder_root, tmp_path / "b", "optim.ema_decay=0.5"), 3)
     resumed = _trainer(folder_root, tmp_path / "b", "optim.ema_decay=0.5")
     resumed.resume(tmp_path / "b" / "last.pt")
     resumed.fit()

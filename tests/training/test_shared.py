@@ -57,22 +57,27 @@ def _trainer(folder_root, out, *overrides):
     return SharedEncoderTrainer(cfg, [12, 16], data, out, torch.device("cpu"))
 
 
+def stop_in_epoch(trainer, epoch: int) -> None:
+    """Runs ``trainer.fit()`` until it is interrupted at the start of ``epoch`` (from 1)."""
+    calls = {"n": 0}
+    original = trainer.train_epoch
+
+    def interrupted():
+        calls["n"] += 1
+        if calls["n"] == epoch:
+            raise KeyboardInterrupt
+        return original()
+
+    trainer.train_epoch = interrupted
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit()
+
+
 def test_shared_run_resumes_exactly(tmp_path, folder_root):
     whole = _trainer(folder_root, tmp_path / "a")
     whole.fit()
     cut = _trainer(folder_root, tmp_path / "b")
-    calls = {"n": 0}
-    original = cut.train_epoch
-
-    def stop_in_the_third_epoch():
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return original()
-
-    cut.train_epoch = stop_in_the_third_epoch
-    with pytest.raises(KeyboardInterrupt):
-        cut.fit()
+    stop_in_epoch(cut, 3)
     resumed = _trainer(folder_root, tmp_path / "b")
     resumed.resume(tmp_path / "b" / "last.pt")
     assert resumed.epoch == 2
