@@ -4,7 +4,8 @@ For each code length of a run (by default the cpu preset trained on flowers102 f
 trained here if the run folder does not hold it yet): validation mAP@all (ties averaged), how
 often the code's own classifier names the wrong class, the average precision of the queries it
 gets right and wrong, how the lost mAP splits among queries with AP < 0.2, 0.2 to 0.8 and >= 0.8,
-and how many distinct codes each class occupies in the database. The test split is not used.
+how many distinct codes each class occupies in the database and how far apart the classes' codes
+lie. The test split is not used.
 """
 from __future__ import annotations
 
@@ -28,7 +29,21 @@ from gdf_pyg.training.run_data import build_run_data  # noqa: E402
 from gdf_pyg.training.trainer import Trainer  # noqa: E402
 
 COLUMNS = ["bits", "val mAP", "code classifier wrong", "AP right", "AP wrong", "lost: AP < 0.2", "lost: 0.2-0.8",
-           "lost: AP >= 0.8", "codes per class", "codes of 2+ classes"]
+           "lost: AP >= 0.8", "codes per class", "codes of 2+ classes", "class code gap"]
+
+
+def class_code_gaps(codes: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """For each class, the Hamming distance from its most frequent code to the nearest other
+    class's most frequent code."""
+    classes = labels.unique()
+    modes = []
+    for c in classes.tolist():
+        values, counts = codes[labels == c].unique(dim=0, return_counts=True)
+        modes.append(values[counts.argmax()])
+    modes = torch.stack(modes)
+    dist = (modes.size(1) - modes @ modes.T) / 2
+    dist.fill_diagonal_(float("inf"))
+    return dist.min(1).values
 
 
 def diagnose(run: Path, cache: Path, device: torch.device) -> List[Dict[str, object]]:
@@ -52,12 +67,14 @@ def diagnose(run: Path, cache: Path, device: torch.device) -> List[Dict[str, obj
         for code, label in zip((db > 0).numpy(), dbl.tolist()):
             owners.setdefault(np.packbits(code).tobytes(), set()).add(label)
         per_class = sum(len(o) for o in owners.values()) / len(set(dbl.tolist()))
+        gaps = class_code_gaps(db, dbl)
         rows.append({
             "bits": bits, "val mAP": float(ap.mean()), "code classifier wrong": f"{int((~right).sum())} / {len(ap)}",
             "AP right": float(ap[right].mean()) if right.any() else float("nan"),
             "AP wrong": float(ap[~right].mean()) if (~right).any() else float("nan"),
             **{k: f"{int(m.sum())} queries, {lost[m].sum() / max(lost.sum(), 1e-12):.0%}" for k, m in buckets.items()},
             "codes per class": per_class, "codes of 2+ classes": sum(len(o) > 1 for o in owners.values()),
+            "class code gap": f"{int(gaps.min())} / {float(gaps.median()):g} / {int(gaps.max())}",
         })
     return rows
 
@@ -89,7 +106,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     text = (f"Run: `{run}`. Validation queries against the rest of the training split, each code length's "
             "selected model. 'code classifier wrong': queries whose binary code the model's own classifier "
             "assigns to another class; 'lost': the queries in each AP range and their share of the mAP lost "
-            "(the sum of 1 - AP); 'codes per class': distinct codes a class occupies in the database.\n\n"
+            "(the sum of 1 - AP); 'codes per class': distinct codes a class occupies in the database; 'class code "
+            "gap': bits from a class's most frequent database code to the nearest other class's (min / median / "
+            "max over classes).\n\n"
             + markdown_table(rows, COLUMNS))
     md = write_results(args.results, name, "Where short codes lose mAP", text, rows, command_line(argv, "short_codes.py"))
     barh_plot([f"{r['bits']} bits" for r in rows], [r["val mAP"] for r in rows], "validation mAP@all",
