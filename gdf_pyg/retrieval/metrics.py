@@ -55,8 +55,8 @@ from ..utils.codes import check_binary, hamming_from_inner, inner_products, matm
 __all__ = [
     "TIES",
     "DistanceCounts",
-    "average_precisions",
     "PRCurve",
+    "average_precisions",
     "distance_counts",
     "hamming_distance",
     "mean_average_precision",
