@@ -25,6 +25,7 @@ __all__ = [
     "load_checkpoint",
     "restore_rng",
     "seed_everything",
+    "state_dict_cpu",
     "save_checkpoint",
 ]
 
@@ -40,6 +41,11 @@ class UnsafeCheckpointError(CheckpointError):
 
 
 # Our own: torch.save writes in place, so a kill mid-write would leave a truncated file.
+def state_dict_cpu(module: torch.nn.Module) -> Dict[str, torch.Tensor]:
+    """A copy of ``module``'s state dict on the CPU, detached: plain data for a checkpoint."""
+    return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+
+
 def save_checkpoint(state: Dict[str, Any], path: Union[str, Path]) -> Path:
     """Writes ``state`` to ``path`` atomically: a temporary file in the same folder, flushed
     to disk, then renamed over ``path``. A crash mid-write leaves the old file intact."""

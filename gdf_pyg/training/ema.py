@@ -21,6 +21,8 @@ from typing import Any, Dict, List, Tuple
 import torch
 from torch import Tensor, nn
 
+from .checkpoint import state_dict_cpu
+
 __all__ = ["WeightAverage"]
 
 
@@ -68,7 +70,7 @@ class WeightAverage:
 
     def state_dict(self) -> Dict[str, Any]:
         """The average's weights and its update count, as plain data."""
-        return {"updates": self.updates, "module": {k: v.detach().cpu().clone() for k, v in self.module.state_dict().items()}}
+        return {"updates": self.updates, "module": state_dict_cpu(self.module)}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         self.module.load_state_dict(state["module"])

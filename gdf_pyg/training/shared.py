@@ -20,11 +20,12 @@ from ..nn.losses import distillation_loss
 from ..nn.sync import all_gather_cat
 from ..utils.checks import ConfigError
 from ..utils.progress import Progress, no_progress
+from .checkpoint import state_dict_cpu
 from .config import TrainConfig
 from .distributed import DistContext
 from .encoding import EncodedSet
 from .run_data import RunData
-from .trainer import Trainer, _state_dict_cpu, model_config_for
+from .trainer import Trainer, model_config_for
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +86,7 @@ class SharedEncoderTrainer(Trainer):
 
     def _select(self, stats: Dict[str, float], evaluate: bool) -> None:
         if not len(self.data.val_pos):
-            state = _state_dict_cpu(self.selected_model)
+            state = state_dict_cpu(self.selected_model)
             for b in self.all_bits:
                 self.best_epoch[b], self.best_state[b] = self.epoch, state
             return
@@ -96,7 +97,7 @@ class SharedEncoderTrainer(Trainer):
         for b, values in self.model.split(codes.values).items():
             stats[f"val_map@{b}"] = value = self.validation_map(EncodedSet(values, codes.positions, codes.batches))
             if value > self.best_metric[b]:
-                state = state or _state_dict_cpu(self.selected_model)
+                state = state or state_dict_cpu(self.selected_model)
                 self.best_metric[b], self.best_epoch[b], self.best_state[b] = value, self.epoch, state
 
     def _selection_state(self) -> Dict[str, Any]:

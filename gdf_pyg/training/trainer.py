@@ -29,7 +29,7 @@ from ..utils.checks import ConfigError
 from ..utils.codes import binarize
 from ..utils.progress import Progress, no_progress
 from .amp import autocast
-from .checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint, seed_everything
+from .checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint, seed_everything, state_dict_cpu
 from .config import TrainConfig
 from .distributed import DistContext, barrier
 from .ema import WeightAverage
@@ -53,10 +53,6 @@ class TrainingDivergedError(RuntimeError):
 def model_config_for(cfg: TrainConfig, bits: int, num_classes: int) -> GDFNetConfig:
     """The model section of ``cfg`` for one code length and the dataset's classes."""
     return dataclasses.replace(cfg.model, bits=bits, num_classes=num_classes)
-
-
-def _state_dict_cpu(module: nn.Module) -> Dict[str, Tensor]:
-    return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
 
 
 def _all_finite(params: List[nn.Parameter]) -> bool:
@@ -178,7 +174,7 @@ class Trainer:
             "bits": self.bits,
             "epoch": self.epoch,
             "step": self.step,
-            "model": _state_dict_cpu(self.model),
+            "model": state_dict_cpu(self.model),
             "optimizer": self.optimizer.state_dict(),
             "generator": self.generator.get_state(),
             "rng": capture_rng(),
@@ -403,12 +399,12 @@ class Trainer:
         """Keeps the weights of the best validation mAP (every process decides alike)."""
         if not len(self.data.val_pos):
             # No validation split: the last epoch is the model.
-            self.best_epoch, self.best_state = self.epoch, _state_dict_cpu(self.selected_model)
+            self.best_epoch, self.best_state = self.epoch, state_dict_cpu(self.selected_model)
         elif evaluate:
             stats["val_map"] = self.validation_map()
             if stats["val_map"] > self.best_metric:
                 self.best_metric, self.best_epoch = stats["val_map"], self.epoch
-                self.best_state = _state_dict_cpu(self.selected_model)
+                self.best_state = state_dict_cpu(self.selected_model)
 
     def fit(self) -> None:
         """Trains to ``optim.epochs``, evaluating every ``train.eval_every`` epochs and after
