@@ -49,13 +49,14 @@ def class_code_gaps(codes: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 def diagnose(run: Path, cache: Path, device: torch.device) -> List[Dict[str, object]]:
     """One row per code length of the finished run in ``run``."""
     cfg = TrainConfig.load(run / "config.yaml")
+    models = {bits: load_model(run / f"bits{bits}" / "best.pt", device)[0] for bits in cfg.train.bits}
+    probe = models[cfg.train.bits[0]]  # every code length has the same backbone: one dataset and cache
+    data = build_run_data(cfg, probe.image_config, run)
+    if not len(data.val_pos):
+        raise SystemExit(f"{run}: the run has no validation split (data.val_fraction=0)")
+    features = cached_features(cfg, data, probe, device, cache) if cfg.train.frozen_backbone else None
     rows = []
-    for bits in cfg.train.bits:
-        model, _ = load_model(run / f"bits{bits}" / "best.pt", device)
-        data = build_run_data(cfg, model.image_config, run)
-        if not len(data.val_pos):
-            raise SystemExit(f"{run}: the run has no validation split (data.val_fraction=0)")
-        features = cached_features(cfg, data, model, device, cache) if cfg.train.frozen_backbone else None
+    for bits, model in models.items():
         trainer = Trainer(cfg, bits, data, run / "diagnosis", device, features)
         q, db, ql, dbl = trainer.validation_sets(trainer.codes("train", model))
         ap = average_precisions(q, db, ql, dbl)
