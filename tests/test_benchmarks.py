@@ -65,3 +65,24 @@ def test_pipeline_reports_every_stage_against_its_floor(tmp_path):
     rows = {r["stage"].split(" (")[0]: r for r in json.loads((tmp_path / "pipeline_quick.json").read_text())}
     assert set(rows) >= {"encode real JPEGs", "mAP@all, ties averaged"}
     assert all(0 < r["ours / floor"] and r["ours"] > 0 and r["floor"] > 0 for r in rows.values())
+
+
+def test_finetuning_compares_recipes_with_the_frozen_model_and_keeps_finished_runs(tmp_path):
+    recipes = ["--recipes", "from frozen, 2 epochs (0.4.0's recipe)", "end to end, 8 epochs, backbone lr 1e-4"]
+    runs = tmp_path / "runs"
+    out = run_quick("finetuning", tmp_path, "--runs", str(runs), "--jobs", "2", *recipes)
+    assert out.count("done: ") == 6  # 3 recipes x 2 seeds
+    rows = {r["recipe"]: r for r in json.loads((tmp_path / "finetuning_quick.json").read_text())}
+    assert set(rows) == {"frozen backbone (cpu preset)", *recipes[1:]} and all(r["seeds"] == 2 for r in rows.values())
+    from_frozen = rows["from frozen, 2 epochs (0.4.0's recipe)"]
+    assert "24 bits" not in from_frozen and "(" in from_frozen["12 bits"]  # its code lengths, with the gap
+    for seed in (0, 1):  # the "from frozen" runs started from their seed's frozen model
+        config = next((runs / "synthetic" / f"s{seed}").glob("from-frozen-2-epochs*/config.yaml")).read_text()
+        assert f"s{seed}/frozen" in config
+    recorded = [json.loads((runs / "synthetic" / f"s{s}" / "frozen" / "bits12" / "result.json").read_text())["val_map"]
+                for s in (0, 1)]
+    assert rows["frozen backbone (cpu preset)"]["_val 12"] == pytest.approx(recorded)
+    # A second call runs nothing already in the runs file and writes the same table.
+    again = run_quick("finetuning", tmp_path, "--runs", str(runs), "--jobs", "2", *recipes)
+    assert "done: " not in again
+    assert json.loads((tmp_path / "finetuning_quick.json").read_text()) == list(rows.values())
