@@ -80,7 +80,8 @@ def run_one(overrides: List[str], out: str, threads: int, verbose: bool) -> Dict
         return {"error": traceback.format_exc(limit=3)}
     row: Dict[str, Any] = {"seconds": time.perf_counter() - t0}
     for b, r in results.items():
-        row[b] = {"map": r["metrics"]["map"], "val_map": r["val_map"], "best_epoch": r["best_epoch"]}
+        row[b] = {"map": r["metrics"]["map"], "val_map": r["val_map"], "best_epoch": r["best_epoch"],
+                  "train_images_per_s": r["train_images_per_s"], "train_data_wait": r["train_data_wait"]}
     return row
 
 
@@ -97,6 +98,10 @@ def summarise(records: List[Dict[str, Any]], seeds: Sequence[int]) -> List[Dict[
             continue
         row: Dict[str, Any] = {"recipe": name, "seeds": len(done), "s / run": statistics.mean(
             r["seconds"] for r in done.values())}
+        for key, column in (("train_images_per_s", "train images/s"), ("train_data_wait", "data wait")):
+            # runs recorded before these were kept lack them
+            values = [r[str(recipe.bits[0])].get(key) for r in done.values()]
+            row[column] = statistics.mean(values) if None not in values else ""
         for b in recipe.bits:
             for key, column in (("val_map", f"val {b}"), ("map", f"{b} bits")):
                 values = [r[str(b)][key] for r in done.values()]
@@ -212,11 +217,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     # recipe and seed wins.
     newest = {(r["recipe"], r["seed"]): r for r in read_runs(runs_file) if "error" not in r}
     rows = summarise(list(newest.values()), seeds)
-    columns = ["recipe", "seeds", *[f"val {b}" for b in BITS], *[f"{b} bits" for b in BITS], "s / run"]
+    columns = ["recipe", "seeds", *[f"val {b}" for b in BITS], *[f"{b} bits" for b in BITS], "s / run",
+               "train images/s", "data wait"]
     body = (f"{dataset}; device {args.device}{', bf16 autocast where the backbone trains' if args.amp else ''}; "
             f"{args.jobs} runs at a time (the wall times of parallel runs overlap). val K: validation mAP of the epoch "
             "each run chose; K bits: test mAP@all (ties averaged); mean ± sd over seeds; (gap to the frozen model), "
-            "and whether it exceeds 2 sd.\n\n" + markdown_table(rows, columns))
+            "and whether it exceeds 2 sd; train images/s and data wait (the fraction of a training epoch spent waiting for "
+            "the next batch) of the first code length's training.\n\n" + markdown_table(rows, columns))
     md = write_results(args.results, stem, "Fine-tuning against the frozen backbone", body, rows, command_line(argv, "finetuning.py"))
     print(body)
     print(f"\nwritten: {md}")

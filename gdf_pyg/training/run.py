@@ -134,6 +134,9 @@ def _final_result(cfg: TrainConfig, trainer: Trainer, model: GDFNet, bits: int, 
     result = {
         "bits": bits, "metrics": report, "best_epoch": checkpoint["best_epoch"], "val_map": checkpoint["best_metric"],
         "pr_curve": curve.to_rows(), "train_images_per_s": float(np.mean([h["images_per_s"] for h in trainer.history])),
+        # Histories from checkpoints of versions before 0.5.1 lack it.
+        "train_data_wait": float(np.mean(waits)) if (waits := [h["data_wait"] for h in trainer.history
+                                                               if "data_wait" in h]) else None,
         "queries": len(test.values), "database": len(train.values), "processes": ctx.world_size,
     }
     (out / "result.json").write_text(json.dumps(result, indent=1))

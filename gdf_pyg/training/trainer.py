@@ -334,13 +334,18 @@ class Trainer:
                     module.eval()
 
     def train_epoch(self) -> Dict[str, float]:
-        """One epoch; returns the mean loss terms, images, seconds, images/s and learning rate."""
+        """One epoch; returns the mean loss terms, images, seconds, images/s, learning rate and
+        ``data_wait``: the fraction of the epoch spent waiting for the next batch (near 1: the
+        data loading, not the model, sets the pace; each step ends in a synchronising read of its
+        losses, so the rest is the model's time)."""
         self._set_train_mode()
         sums: Dict[str, float] = {}
         n_images, n_steps, t0 = 0, 0, time.perf_counter()
         batches = self.progress(self.train_batches(), desc=f"{self.label}, epoch {self.epoch + 1}",
                                 total=self.steps_per_epoch)
+        waited, asked = 0.0, time.perf_counter()
         for inputs, labels in batches:
+            waited += time.perf_counter() - asked
             terms = self.backward(inputs, labels)
             if terms is None:
                 continue
@@ -353,12 +358,13 @@ class Trainer:
                 # refresh=False: the bar redraws at its own interval, with the step count up to date.
                 batches.set_postfix(loss=f"{sums['loss'] / n_steps:.4f}",
                                     img_s=f"{n_images / (time.perf_counter() - t0):.0f}", refresh=False)
+            asked = time.perf_counter()
         elapsed = time.perf_counter() - t0
         # The losses are computed on the global batch: every process holds the same values.
         stats = {k: v / max(n_steps, 1) for k, v in sums.items()}
         images = self._global_count(n_images)
         stats.update(images=float(images), seconds=elapsed, images_per_s=images / max(elapsed, 1e-9),
-                     lr=float(self.optimizer.param_groups[0]["lr"]))
+                     data_wait=waited / max(elapsed, 1e-9), lr=float(self.optimizer.param_groups[0]["lr"]))
         return stats
 
     # ---- evaluation ---------------------------------------------------------------------
@@ -419,7 +425,8 @@ class Trainer:
             if self.ctx.is_main:
                 val = ", ".join(f"{k.replace('_', ' ').replace('map', 'mAP')} {v:.4f}" for k, v in stats.items()
                                 if k.startswith("val_map"))
-                log.info("%s, epoch %d/%d: loss %.4f, %.0f images/s%s", self.label, self.epoch, cfg.optim.epochs,
-                         stats.get("loss", float("nan")), stats["images_per_s"], f", {val}" if val else "")
+                log.info("%s, epoch %d/%d: loss %.4f, %.0f images/s (%.0f%% of the time waiting for data)%s",
+                         self.label, self.epoch, cfg.optim.epochs, stats.get("loss", float("nan")),
+                         stats["images_per_s"], 100 * stats["data_wait"], f", {val}" if val else "")
                 save_checkpoint(self.checkpoint(), self.out / "last.pt")
             barrier(self.ctx)

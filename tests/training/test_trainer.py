@@ -140,3 +140,27 @@ def test_cached_views_only_with_a_frozen_backbone(tmp_path, folder_root):
     assert not any(view.any() for _ in range(5) for _, _, view in trainer._epoch_shards())
     train(cfg, tmp_path / "run")
     assert not list((tmp_path / "run").rglob("views-*.pt"))
+
+
+def test_an_epoch_reports_the_time_it_waited_for_data(folder_root, tmp_path):
+    import time
+
+    from gdf_pyg.models.gdfnet import GDFNet
+    from gdf_pyg.training.run_data import build_run_data
+    from gdf_pyg.training.trainer import Trainer, model_config_for
+
+    cfg = TrainConfig.load(overrides=[f"data.root={folder_root}", *TINY])
+    data = build_run_data(cfg, GDFNet(model_config_for(cfg, 12, 2)).image_config)
+    trainer = Trainer(cfg, 12, data, tmp_path, torch.device("cpu"))
+    fast = trainer.train_epoch()
+    batches = trainer.train_batches
+
+    def slow_loader():
+        for batch in batches():
+            time.sleep(0.5)  # a loader far slower than the tiny model's step
+            yield batch
+
+    trainer.train_batches = slow_loader
+    slow = trainer.train_epoch()
+    assert 0.0 <= fast["data_wait"] < slow["data_wait"] <= 1.0
+    assert slow["data_wait"] > 0.5 and slow["seconds"] > 0.5 * trainer.steps_per_epoch
