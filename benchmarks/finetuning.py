@@ -188,7 +188,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         base = list(QUICK_DATASET)
     else:
         root = args.data_root / args.dataset
-        if not root.is_dir() or not args.weights.is_file():
+        if not args.table_only and (not root.is_dir() or not args.weights.is_file()):
             raise SystemExit(f"the photographs and weights are needed; missing: {root if not root.is_dir() else args.weights}")
         base = [*DATASETS[args.dataset][:1], f"data.root={root}", *DATASETS[args.dataset][2:],
                 f"model.backbone.weights_file={args.weights}"]
