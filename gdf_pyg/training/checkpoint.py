@@ -40,12 +40,12 @@ class UnsafeCheckpointError(CheckpointError):
     """A checkpoint holds pickled objects beyond plain data; it was not loaded."""
 
 
-# Our own: torch.save writes in place, so a kill mid-write would leave a truncated file.
 def state_dict_cpu(module: torch.nn.Module) -> Dict[str, torch.Tensor]:
     """A copy of ``module``'s state dict on the CPU, detached: plain data for a checkpoint."""
     return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
 
 
+# Our own: torch.save writes in place, so a kill mid-write would leave a truncated file.
 def save_checkpoint(state: Dict[str, Any], path: Union[str, Path]) -> Path:
     """Writes ``state`` to ``path`` atomically: a temporary file in the same folder, flushed
     to disk, then renamed over ``path``. A crash mid-write leaves the old file intact."""
