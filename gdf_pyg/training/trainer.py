@@ -347,18 +347,17 @@ class Trainer:
         for inputs, labels in batches:
             waited += time.perf_counter() - asked
             terms = self.backward(inputs, labels)
-            if terms is None:
-                continue
-            self.optimizer_step()
-            n_steps += 1
-            n_images += len(labels)
-            for k, v in terms.items():
-                sums[k] = sums.get(k, 0.0) + float(v.detach())
-            if hasattr(batches, "set_postfix"):
-                # refresh=False: the bar redraws at its own interval, with the step count up to date.
-                batches.set_postfix(loss=f"{sums['loss'] / n_steps:.4f}",
-                                    img_s=f"{n_images / (time.perf_counter() - t0):.0f}", refresh=False)
-            asked = time.perf_counter()
+            if terms is not None:  # None: a step skipped for want of readable images
+                self.optimizer_step()
+                n_steps += 1
+                n_images += len(labels)
+                for k, v in terms.items():
+                    sums[k] = sums.get(k, 0.0) + float(v.detach())
+                if hasattr(batches, "set_postfix"):
+                    # refresh=False: the bar redraws at its own interval, with the step count up to date.
+                    batches.set_postfix(loss=f"{sums['loss'] / n_steps:.4f}",
+                                        img_s=f"{n_images / (time.perf_counter() - t0):.0f}", refresh=False)
+            asked = time.perf_counter()  # a skipped step's work is not time spent waiting for data
         elapsed = time.perf_counter() - t0
         # The losses are computed on the global batch: every process holds the same values.
         stats = {k: v / max(n_steps, 1) for k, v in sums.items()}
