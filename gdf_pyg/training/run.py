@@ -131,12 +131,11 @@ def _final_result(cfg: TrainConfig, trainer: Trainer, model: GDFNet, bits: int, 
     report, curve = evaluate_codes(test.values, data.test_labels[test.positions], train.values,
                                    data.train_labels[train.positions], cfg.eval.topks, cfg.eval.radius)
     _write_history(out / "history.csv", trainer.history)
+    waits = [h["data_wait"] for h in trainer.history if "data_wait" in h]  # histories before 0.5.1 lack it
     result = {
         "bits": bits, "metrics": report, "best_epoch": checkpoint["best_epoch"], "val_map": checkpoint["best_metric"],
         "pr_curve": curve.to_rows(), "train_images_per_s": float(np.mean([h["images_per_s"] for h in trainer.history])),
-        # Histories from checkpoints of versions before 0.5.1 lack it.
-        "train_data_wait": float(np.mean(waits)) if (waits := [h["data_wait"] for h in trainer.history
-                                                               if "data_wait" in h]) else None,
+        "train_data_wait": float(np.mean(waits)) if waits else None,
         "queries": len(test.values), "database": len(train.values), "processes": ctx.world_size,
     }
     (out / "result.json").write_text(json.dumps(result, indent=1))
