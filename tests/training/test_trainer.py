@@ -14,6 +14,16 @@ from ..conftest import TINY_BACKBONE, TINY_RUN
 TINY = [*TINY_RUN, "optim.epochs=1", "train.bits=[12]"]
 
 
+def image_trainer(cfg, out, num_classes=2):
+    """A 12-bit trainer on the images of ``cfg`` (built as a run builds it), on the CPU."""
+    from gdf_pyg.models.gdfnet import GDFNet
+    from gdf_pyg.training.run_data import build_run_data
+    from gdf_pyg.training.trainer import Trainer, model_config_for
+
+    data = build_run_data(cfg, GDFNet(model_config_for(cfg, 12, num_classes)).image_config)
+    return Trainer(cfg, 12, data, out, torch.device("cpu"))
+
+
 def backbone_bn_means(state):
     return {k: v for k, v in state.items() if k.startswith("backbone.") and k.endswith("running_mean")}
 
@@ -41,17 +51,12 @@ def test_validation_happens_before_work(tmp_path, folder_root):
 
 
 def test_mixed_precision_trains_in_bf16_with_float32_losses(folder_root, tmp_path):
-    from gdf_pyg.models.gdfnet import GDFNet
-    from gdf_pyg.training.run_data import build_run_data
-    from gdf_pyg.training.trainer import Trainer, model_config_for
-
     cfg = TrainConfig.load(overrides=[f"data.root={folder_root}", *TINY, "train.amp=true", "optim.lr=0.01"])
-    data = build_run_data(cfg, GDFNet(model_config_for(cfg, 12, 2)).image_config)
-    trainer = Trainer(cfg, 12, data, tmp_path, torch.device("cpu"))
+    trainer = image_trainer(cfg, tmp_path)
     seen = []
     trainer.model.head.hash.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
     trainer.model.backbone.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
-    items = [data.train_eval[i] for i in range(6)]
+    items = [trainer.data.train_eval[i] for i in range(6)]
     images, labels = torch.stack([it[0] for it in items]), torch.tensor([it[1] for it in items])
     trainer._set_train_mode()
     losses = []
@@ -126,17 +131,12 @@ def test_cached_views_are_augmented_reproducible_and_drawn_per_image(tmp_path, f
 
 
 def test_cached_views_only_with_a_frozen_backbone(tmp_path, folder_root):
-    from gdf_pyg.models.gdfnet import GDFNet
-    from gdf_pyg.training.run_data import build_run_data
-    from gdf_pyg.training.trainer import Trainer, model_config_for
-
     with pytest.raises(ConfigError, match="train.cached_views: must be >= 0, got -1"):
         TrainConfig.load(overrides=[f"data.root={folder_root}", *TINY, "train.frozen_backbone=true",
                                     "train.cached_views=-1"])
     # Fine-tuning augments the images themselves: a preset's views draw nothing and cache nothing.
     cfg = TrainConfig.load(overrides=[f"data.root={folder_root}", *TINY, "train.cached_views=2"])
-    data = build_run_data(cfg, GDFNet(model_config_for(cfg, 12, 3)).image_config)
-    trainer = Trainer(cfg, 12, data, tmp_path, torch.device("cpu"))
+    trainer = image_trainer(cfg, tmp_path, num_classes=3)
     assert not any(view.any() for _ in range(5) for _, _, view in trainer._epoch_shards())
     train(cfg, tmp_path / "run")
     assert not list((tmp_path / "run").rglob("views-*.pt"))
@@ -145,13 +145,8 @@ def test_cached_views_only_with_a_frozen_backbone(tmp_path, folder_root):
 def test_an_epoch_reports_the_time_it_waited_for_data(folder_root, tmp_path):
     import time
 
-    from gdf_pyg.models.gdfnet import GDFNet
-    from gdf_pyg.training.run_data import build_run_data
-    from gdf_pyg.training.trainer import Trainer, model_config_for
-
     cfg = TrainConfig.load(overrides=[f"data.root={folder_root}", *TINY])
-    data = build_run_data(cfg, GDFNet(model_config_for(cfg, 12, 2)).image_config)
-    trainer = Trainer(cfg, 12, data, tmp_path, torch.device("cpu"))
+    trainer = image_trainer(cfg, tmp_path)
     fast = trainer.train_epoch()
     batches = trainer.train_batches
 
