@@ -190,7 +190,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         root = args.data_root / args.dataset
         if not args.table_only and (not root.is_dir() or not args.weights.is_file()):
             raise SystemExit(f"the photographs and weights are needed; missing: {root if not root.is_dir() else args.weights}")
-        base = [*DATASETS[args.dataset][:1], f"data.root={root}", *DATASETS[args.dataset][2:],
+        base = [*(o for o in DATASETS[args.dataset] if not o.startswith("data.root=")), f"data.root={root}",
                 f"model.backbone.weights_file={args.weights}"]
     base += [f"train.device={args.device}", f"data.num_workers={args.workers}"]
     names = [FROZEN, *(n for n in args.recipes if n != FROZEN)]
