@@ -10,7 +10,7 @@ import pytest
 
 from .conftest import FLOWERS, ROOT, needs_flowers
 
-SCRIPTS = ["graph_construction", "retrieval_engine", "training_throughput", "ablation", "short_codes",
+SCRIPTS = ["graph_construction", "retrieval_engine", "training_throughput", "ablation", "short_codes", "unseen_classes",
            pytest.param("paper_setting", marks=needs_flowers), pytest.param("pipeline", marks=needs_flowers)]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
 
@@ -25,6 +25,7 @@ def run_quick(script, tmp_path, *extra):
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_quick_mode(script, tmp_path):
     extra = {"ablation": ["--cache", str(tmp_path / "cache")], "short_codes": ["--cache", str(tmp_path / "cache")],
+             "unseen_classes": ["--cache", str(tmp_path / "cache")],
              "paper_setting": ["--data", str(FLOWERS)]}
     out = run_quick(script, tmp_path, *extra.get(script, []))
     name = f"{script}_quick"
@@ -46,6 +47,11 @@ def test_quick_mode(script, tmp_path):
         for r in rows:  # the mAP the diagnosis recomputes is the one training selected the model by
             recorded = json.loads((tmp_path / "short_codes_quick_run" / f"bits{r['bits']}" / "result.json").read_text())
             assert r["val mAP"] == pytest.approx(recorded["val_map"], abs=1e-6)
+    if script == "unseen_classes":
+        assert "4 species trained on, 2 held out (split seed 0; 4 queries, 12 database photos)" in md
+        rows = json.loads((tmp_path / f"{name}.json").read_text())
+        assert [r["config"].split(" (")[0] for r in rows] == ["hash layer on the features", "hash layer on the class posterior"]
+        assert all(0 < r[f"_{split} {b}"][0] <= 1 for r in rows for split in ("seen", "unseen") for b in (12, 16))
     if script == "paper_setting":
         assert "backbone: random initialisation (no --weights given)" in out
         rows = json.loads((tmp_path / f"{name}.json").read_text())

@@ -155,3 +155,19 @@ def test_eval_uses_the_runs_split_and_refuses_changed_data(tmp_path, folder_root
     assert evaluate("--query", str(flat), "--database", str(folder_root))[0] == 2
     assert "--query: 2 image(s) have no class" in caplog.text
 
+
+
+def test_a_root_of_linked_class_folders_trains_and_evaluates(tmp_path, folder_root):
+    # class folders that are symbolic links elsewhere (a subset of a data set): the run lists their
+    # files under the linked names, as the photos are found
+    linked = tmp_path / "subset"
+    linked.mkdir()
+    for name in ("BLACK SWAN", "ROCK DOVE"):
+        (linked / name).symlink_to(folder_root / name, target_is_directory=True)
+    run = tmp_path / "run"
+    assert main(["train", "--out", str(run), "--no-progress", f"data.root={linked}", "train.bits=[12]",
+                 "train.frozen_backbone=true", *TINY]) == 0
+    identity = json.loads((run / "dataset.json").read_text())
+    files = [f for f, _ in identity["database"] + identity["query"]]
+    assert len(files) == 10 and all(f.split("/")[0] in ("BLACK SWAN", "ROCK DOVE") for f in files)
+    assert main(["eval", "--checkpoint", str(run), "--out", str(tmp_path / "eval"), "--topk", "5", "--no-progress"]) == 0

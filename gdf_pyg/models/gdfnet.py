@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from ..nn.aggregation import AggregationConfig, GraphAggregation, PooledMLP
 from ..nn.backbone import BackboneConfig, FeatureBackbone
 from ..nn.graph import GraphBuilder, GraphConfig
-from ..nn.hash import HashHead
+from ..nn.hash import HASH_INPUTS, HashHead
 from ..nn.nodes import NodesConfig, make_nodes
 from ..presets import load_preset_dict
 from ..utils.checks import choice, require
@@ -32,6 +32,8 @@ class GDFNetConfig:
     ``head`` is ``"gdf"`` (region nodes, graph aggregation, fused with the global branch),
     ``"global"`` (global average pooling only: the no-graph baseline with the same hash layer)
     or ``"mlp"`` (the aggregation's layers on the pooled feature: the capacity control).
+    ``hash_hidden``, ``hash_dropout`` and ``hash_input`` (``"features"``, or ``"posterior"``: the
+    hash layer reads a class classifier's posterior) shape the :class:`~gdf_pyg.nn.hash.HashHead`.
     """
 
     head: str = "gdf"
@@ -41,6 +43,7 @@ class GDFNetConfig:
     fuse_global: bool = True
     hash_dropout: float = 0.0
     hash_hidden: int = 0
+    hash_input: str = "features"
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     nodes: NodesConfig = field(default_factory=NodesConfig)
     graph: GraphConfig = field(default_factory=GraphConfig)
@@ -54,6 +57,7 @@ class GDFNetConfig:
         require(0.0 <= self.hash_dropout < 1.0, f"{prefix}.hash_dropout", f"must be in [0, 1), got {self.hash_dropout}")
         require(self.hash_hidden >= 0, f"{prefix}.hash_hidden",
                 f"must be >= 0 channels (0: a linear hash layer), got {self.hash_hidden}")
+        choice(self.hash_input, HASH_INPUTS, f"{prefix}.hash_input")
         self.backbone.validate(f"{prefix}.backbone")
         self.nodes.validate(f"{prefix}.nodes")
         self.graph.validate(f"{prefix}.graph")
@@ -103,11 +107,14 @@ class GDFOutput(NamedTuple):
         codes: tanh-relaxed hash codes :math:`(B, K)` in :math:`(-1, 1)`.
         logits: class scores computed from the codes :math:`(B, C)`.
         features: the fused image features fed to the hash layer :math:`(B, D)`.
+        class_logits: with ``hash_input="posterior"``, the scores of the class classifier whose
+            posterior the hash layer reads :math:`(B, C)`; otherwise ``None``.
     """
 
     codes: Tensor
     logits: Tensor
     features: Tensor
+    class_logits: Optional[Tensor] = None
 
 
 class RegionGraphEncoder(nn.Module):
@@ -197,7 +204,7 @@ class GDFNet(nn.Module):
     def hash_head(self, bits: int) -> HashHead:
         """A hash layer of ``bits`` bits on the encoder's features, as the config asks."""
         c = self.config
-        return HashHead(self.feature_dim, bits, c.num_classes, c.hash_dropout, c.hash_hidden)
+        return HashHead(self.feature_dim, bits, c.num_classes, c.hash_dropout, c.hash_hidden, c.hash_input)
 
     @property
     def aggregation(self) -> Optional[GraphAggregation]:
@@ -234,8 +241,8 @@ class GDFNet(nn.Module):
     def forward_head(self, fmap: Tensor) -> GDFOutput:
         """Everything after the backbone, from a (possibly cached) feature map."""
         features = self.encoder(fmap)
-        codes, logits = self.head(features)
-        return GDFOutput(codes, logits, features)
+        codes, logits, class_logits = self.head(features)
+        return GDFOutput(codes, logits, features, class_logits)
 
     def forward(self, images: Tensor) -> GDFOutput:
         return self.forward_head(self.forward_features(images))
@@ -268,8 +275,9 @@ class SharedEncoderGDFNet(GDFNet):
     r"""GDF-Net with one hash head per code length on a single backbone and region-graph encoder
     (``train.shared_encoder``): every code length trains for the cost of one.
 
-    :meth:`forward_head` returns the heads' codes and logits concatenated in the order of
-    ``bits`` (codes :math:`(B, \sum_b K_b)`, logits :math:`(B, n_{bits} C)`);
+    :meth:`forward_head` returns the heads' codes and logits (and class logits, with
+    ``hash_input="posterior"``) concatenated in the order of ``bits`` (codes
+    :math:`(B, \sum_b K_b)`, logits :math:`(B, n_{bits} C)`);
     :meth:`single_state` is the state dict of the plain :class:`GDFNet` of one code length.
 
     Args:
@@ -294,7 +302,9 @@ class SharedEncoderGDFNet(GDFNet):
     def forward_head(self, fmap: Tensor) -> GDFOutput:
         features = self.encoder(fmap)
         outputs = [head(features) for head in self.heads.values()]
-        return GDFOutput(torch.cat([c for c, _ in outputs], 1), torch.cat([z for _, z in outputs], 1), features)
+        class_logits = [o.class_logits for o in outputs if o.class_logits is not None]
+        return GDFOutput(torch.cat([o.codes for o in outputs], 1), torch.cat([o.logits for o in outputs], 1), features,
+                         torch.cat(class_logits, 1) if class_logits else None)
 
     def split(self, values: Tensor) -> Dict[int, Tensor]:
         """Concatenated codes ``(..., sum K_b)`` as one tensor per code length."""

@@ -1,12 +1,29 @@
 r"""The semantic hash layer: image features to relaxed K-bit codes and class logits."""
 from __future__ import annotations
 
-from typing import Tuple
+from typing import NamedTuple, Optional
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["HashHead"]
+__all__ = ["HASH_INPUTS", "HashHead", "HashOutput"]
+
+HASH_INPUTS = ("features", "posterior")
+
+
+class HashOutput(NamedTuple):
+    """What :meth:`HashHead.forward` returns.
+
+    Attributes:
+        codes: relaxed codes :math:`(B, K)` in :math:`(-1, 1)`.
+        logits: the code classifier's class scores :math:`(B, C)`.
+        class_logits: with ``hash_input="posterior"``, the scores of the class classifier whose
+            posterior the hash layer reads :math:`(B, C)`; otherwise ``None``.
+    """
+
+    codes: Tensor
+    logits: Tensor
+    class_logits: Optional[Tensor] = None
 
 
 class HashHead(nn.Module):
@@ -23,31 +40,61 @@ class HashHead(nn.Module):
     hyperplanes split into distinct cells; the hidden layer lets each bit be any function of
     the class scores, which short codes need most.
 
+    With ``hash_input="posterior"`` a class classifier on those features decides first, and the
+    hash layer reads its posterior:
+
+    .. math::
+        \mathbf{u} = \mathbf{W}_p\,\mathbf{x} + \mathbf{b}_p, \qquad
+        \mathbf{h} = \tanh\big(\mathbf{W}_h \operatorname{softmax}(\mathbf{u}) + \mathbf{b}_h\big)
+
+    Column :math:`c` of :math:`\mathbf{W}_h` (:math:`K \times C`) is then class :math:`c`'s
+    learned code: a confident prediction of class :math:`c` gives
+    :math:`\tanh(\mathbf{W}_{h,:c} + \mathbf{b}_h)`, an uncertain one a posterior-weighted mix of
+    class codes. The code is decided by a classifier of the full feature width instead of
+    :math:`K` hyperplanes, so a short code is as accurate a class label as a long one; the code
+    classifier :math:`\mathbf{z}` keeps the classes' codes apart. :math:`\mathbf{u}` is trained
+    with its own cross-entropy (``class_logits``). Codes of images of classes never seen in
+    training fall on (mixes of) the training classes' codes.
+
     The batch normalisation standardises each feature over the batch, so the hash layer
     sees the differences between images whatever the scale and the shared offset of the
     features (globally pooled features of a frozen backbone are nearly constant across
     images until standardised).
 
+    Args:
+        in_channels (int): feature width :math:`D`.
+        bits (int): code length :math:`K`.
+        num_classes (int): number of classes :math:`C`.
+        dropout (float): dropout on the normalised features. (default: :obj:`0.0`)
+        hidden_channels (int): width :math:`H` of the hidden layer, 0 for none. (default: :obj:`0`)
+        hash_input (str): what the hash layer reads, ``"features"`` or ``"posterior"``.
+            (default: :obj:`"features"`)
+
     Shapes:
         - **input:** features :math:`(B, D)`
-        - **output:** codes :math:`(B, K)`, logits :math:`(B, C)`
+        - **output:** :class:`HashOutput`: codes :math:`(B, K)`, logits :math:`(B, C)`, class
+          logits :math:`(B, C)` or ``None``
     """
 
     def __init__(self, in_channels: int, bits: int, num_classes: int, dropout: float = 0.0,
-                 hidden_channels: int = 0) -> None:
+                 hidden_channels: int = 0, hash_input: str = "features") -> None:
         super().__init__()
         if bits < 1:
             raise ValueError(f"bits must be a positive integer, got {bits}")
         if hidden_channels < 0:
             raise ValueError(f"hidden_channels must be >= 0 (0: a linear hash layer), got {hidden_channels}")
+        if hash_input not in HASH_INPUTS:
+            raise ValueError(f"hash_input must be one of {HASH_INPUTS}, got {hash_input!r}")
         self.in_channels, self.bits, self.num_classes = in_channels, bits, num_classes
-        self.hidden_channels = hidden_channels
+        self.hidden_channels, self.hash_input = hidden_channels, hash_input
         self.norm = nn.BatchNorm1d(in_channels)
         self.dropout = nn.Dropout(dropout)
         # No hidden layer, no extra module: linear heads keep the state dict of earlier versions.
         self.hidden = (nn.Sequential(nn.Linear(in_channels, hidden_channels), nn.BatchNorm1d(hidden_channels), nn.ReLU())
                        if hidden_channels else None)
-        self.hash = nn.Linear(hidden_channels or in_channels, bits)
+        width = hidden_channels or in_channels
+        self.class_classifier = nn.Linear(width, num_classes) if hash_input == "posterior" else None
+        self.hash = nn.Linear(num_classes if self.class_classifier is not None else width, bits)
         self.classifier = nn.Linear(bits, num_classes)
         self.reset_parameters()
 
@@ -56,16 +103,23 @@ class HashHead(nn.Module):
         if self.hidden is not None:
             self.hidden[0].reset_parameters()
             self.hidden[1].reset_parameters()
+        if self.class_classifier is not None:
+            self.class_classifier.reset_parameters()
         self.hash.reset_parameters()
         self.classifier.reset_parameters()
 
-    def forward(self, features: Tensor) -> Tuple[Tensor, Tensor]:
+    def forward(self, features: Tensor) -> HashOutput:
         x = self.dropout(self.norm(features))
         if self.hidden is not None:
             x = self.hidden(x)
+        class_logits = None
+        if self.class_classifier is not None:
+            class_logits = self.class_classifier(x)
+            x = torch.softmax(class_logits, dim=1)
         codes = torch.tanh(self.hash(x))
-        return codes, self.classifier(codes)
+        return HashOutput(codes, self.classifier(codes), class_logits)
 
     def __repr__(self) -> str:
         hidden = f", hidden_channels={self.hidden_channels}" if self.hidden_channels else ""
-        return f"{self.__class__.__name__}({self.in_channels}, bits={self.bits}, num_classes={self.num_classes}{hidden})"
+        source = f", hash_input={self.hash_input!r}" if self.class_classifier is not None else ""
+        return f"{self.__class__.__name__}({self.in_channels}, bits={self.bits}, num_classes={self.num_classes}{hidden}{source})"

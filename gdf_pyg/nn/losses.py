@@ -346,12 +346,15 @@ class LossWeights:
 
     ``center`` weighs the central-similarity loss to the class's hash center (CSQ),
     ``orthohash`` the OrthoHash loss against orthogonal class codes; both use the targets of
-    :func:`hash_centers` (``centers`` method, ``center_seed``). ``distill`` weighs, for heads of
+    :func:`hash_centers` (``centers`` method, ``center_seed``). ``posterior`` weighs the
+    cross-entropy of the class classifier whose posterior a ``hash_input="posterior"`` head
+    hashes (:class:`~gdf_pyg.nn.hash.HashHead`; no term for other heads). ``distill`` weighs, for heads of
     a shared encoder (``train.shared_encoder``), the :func:`distillation_loss` of each shorter
     head's logits to the longest head's, at ``distill_temperature``.
     """
 
     classification: float = 1.0
+    posterior: float = 1.0
     quantization: float = 0.1
     balance: float = 0.1
     pairwise: float = 0.0
@@ -373,7 +376,7 @@ class LossWeights:
         require(0 <= self.ortho_margin < 1, f"{prefix}.ortho_margin", f"must be in [0, 1), got {self.ortho_margin}")
         require(self.distill_temperature > 0, f"{prefix}.distill_temperature",
                 f"must be > 0, got {self.distill_temperature}")
-        for name in ("classification", "quantization", "balance", "pairwise", "center", "orthohash", "distill"):
+        for name in ("classification", "posterior", "quantization", "balance", "pairwise", "center", "orthohash", "distill"):
             require(getattr(self, name) >= 0, f"{prefix}.{name}", f"must be >= 0, got {getattr(self, name)}")
         require(0.0 <= self.label_smoothing < 1.0, f"{prefix}.label_smoothing",
                 f"must be in [0, 1), got {self.label_smoothing}")
@@ -390,8 +393,9 @@ class GDFLoss(nn.Module):
     (:func:`code_classification_loss`, :func:`cauchy_quantization_loss`,
     :func:`bit_balance_loss`, :func:`pairwise_cauchy_loss`, :func:`center_loss`,
     :func:`orthohash_loss`; the class targets of the last two come from :func:`hash_centers` for
-    the logits' number of classes and the codes' length). ``forward`` returns a dict with the
-    total under ``"loss"`` and each weighted term. Under multi-process training every term is
+    the logits' number of classes and the codes' length), plus, given ``class_logits`` (a
+    ``hash_input="posterior"`` head), :math:`\lambda_P` times their cross-entropy.
+    ``forward`` returns a dict with the total under ``"loss"`` and each weighted term. Under multi-process training every term is
     computed on the outputs of the whole global batch.
     """
 
@@ -408,7 +412,8 @@ class GDFLoss(nn.Module):
             self._centers[key] = hash_centers(num_classes, bits, self.weights.centers, self.weights.center_seed).to(device)
         return self._centers[key]
 
-    def forward(self, codes: Tensor, logits: Tensor, labels: Tensor) -> Dict[str, Tensor]:
+    def forward(self, codes: Tensor, logits: Tensor, labels: Tensor,
+                class_logits: Optional[Tensor] = None) -> Dict[str, Tensor]:
         # Under multi-process training every term is computed on the outputs of the whole global
         # batch (gathered, differentiably; shards may differ in size), so each process holds the
         # single-process loss and DDP's averaged gradients are the single-process ones.
@@ -417,6 +422,9 @@ class GDFLoss(nn.Module):
         terms: Dict[str, Tensor] = {}
         if w.classification:
             terms["classification"] = w.classification * code_classification_loss(logits, labels, w.label_smoothing)
+        if class_logits is not None and w.posterior:
+            terms["posterior"] = w.posterior * F.cross_entropy(all_gather_cat(class_logits), labels,
+                                                                label_smoothing=w.label_smoothing)
         if w.quantization:
             terms["quantization"] = w.quantization * cauchy_quantization_loss(codes, w.gamma)
         if w.balance:

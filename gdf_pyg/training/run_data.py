@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence
@@ -103,6 +104,8 @@ def _synthetic_data(cfg: TrainConfig, mean: Sequence[float], std: Sequence[float
 def _file_identity(cfg: TrainConfig, splits: RetrievalSplits) -> Dict[str, Any]:
     """Every file of both splits with its size in bytes (a missing file has size -1)."""
     root = Path(cfg.data.root).expanduser().resolve()
+    # Relative to the root as given, links unresolved: a root of linked class folders lists its files too.
+    given = os.path.abspath(Path(cfg.data.root).expanduser())
 
     def listing(records: Sequence[ImageRecord]) -> List[List[Any]]:
         out = []
@@ -111,7 +114,7 @@ def _file_identity(cfg: TrainConfig, splits: RetrievalSplits) -> Dict[str, Any]:
                 size = r.path.stat().st_size
             except OSError:
                 size = -1
-            out.append([str(r.path.resolve().relative_to(root)), size])
+            out.append([os.path.relpath(os.path.abspath(r.path), given), size])
         return out
 
     return {"dataset": cfg.data.dataset, "root": str(root), "bbox": cfg.data.bbox_crop,

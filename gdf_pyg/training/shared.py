@@ -63,12 +63,14 @@ class SharedEncoderTrainer(Trainer):
         model: SharedEncoderGDFNet = self.model
         codes = model.split(out.codes.float())
         logits = dict(zip(self.all_bits, out.logits.float().split(self.data.num_classes, dim=1)))
+        class_logits = (dict(zip(self.all_bits, out.class_logits.float().split(self.data.num_classes, dim=1)))
+                        if out.class_logits is not None else {})
         w = self.cfg.loss
         teacher = max(self.all_bits)
         teacher_logits = all_gather_cat(logits[teacher]) if w.distill else None  # once for every student
         terms: Dict[str, Tensor] = {}
         for b in self.all_bits:
-            head = self.loss_fn(codes[b], logits[b], labels)
+            head = self.loss_fn(codes[b], logits[b], labels, class_logits.get(b))
             if teacher_logits is not None and b != teacher:
                 head["distill"] = w.distill * distillation_loss(all_gather_cat(logits[b]), teacher_logits,
                                                                 w.distill_temperature)

@@ -313,7 +313,8 @@ class Trainer:
 
     def losses(self, out: GDFOutput, labels: Tensor) -> Dict[str, Tensor]:
         """The loss terms, in float32, of the model's output."""
-        return self.loss_fn(out.codes.float(), out.logits.float(), labels)
+        class_logits = None if out.class_logits is None else out.class_logits.float()
+        return self.loss_fn(out.codes.float(), out.logits.float(), labels, class_logits)
 
     def optimizer_step(self) -> None:
         if self.cfg.optim.grad_clip > 0:

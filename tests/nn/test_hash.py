@@ -11,31 +11,58 @@ def _manual(head: HashHead, f: torch.Tensor):
         lin, bn2 = head.hidden[0], head.hidden[1]
         x = x @ lin.weight.t() + lin.bias
         x = torch.relu((x - bn2.running_mean) / torch.sqrt(bn2.running_var + bn2.eps) * bn2.weight + bn2.bias)
+    u = None
+    if head.class_classifier is not None:
+        u = x @ head.class_classifier.weight.t() + head.class_classifier.bias
+        x = torch.exp(u) / torch.exp(u).sum(1, keepdim=True)
     h = torch.tanh(x @ head.hash.weight.t() + head.hash.bias)
-    return h, h @ head.classifier.weight.t() + head.classifier.bias
+    return h, h @ head.classifier.weight.t() + head.classifier.bias, u
 
 
-@pytest.mark.parametrize("hidden", [0, 16])
-def test_forward_matches_the_formula(hidden):
+@pytest.mark.parametrize("hidden,hash_input", [(0, "features"), (16, "features"), (0, "posterior"), (16, "posterior")])
+def test_forward_matches_the_formula(hidden, hash_input):
     torch.manual_seed(0)
-    head = HashHead(8, bits=12, num_classes=5, hidden_channels=hidden)
+    head = HashHead(8, bits=12, num_classes=5, hidden_channels=hidden, hash_input=hash_input)
     head.train()
     head(torch.randn(32, 8) * 3 + 1)  # moves the running statistics off their defaults
     head.eval()
     f = torch.randn(6, 8)
-    codes, logits = head(f)
-    want_codes, want_logits = _manual(head, f)
+    codes, logits, class_logits = head(f)
+    want_codes, want_logits, want_class_logits = _manual(head, f)
     assert codes.shape == (6, 12) and logits.shape == (6, 5)
     torch.testing.assert_close(codes, want_codes)
     torch.testing.assert_close(logits, want_logits)
+    if hash_input == "features":
+        assert class_logits is None
+    else:
+        assert class_logits.shape == (6, 5)
+        torch.testing.assert_close(class_logits, want_class_logits)
     assert codes.abs().max() < 1
 
 
-def test_hidden_layer_trains():
+def test_posterior_codes_are_the_predicted_class_code():
+    # a confident class posterior makes the code tanh(W_h[:, c] + b_h), the class's learned code
     torch.manual_seed(0)
-    head = HashHead(8, bits=4, num_classes=3, hidden_channels=16)
-    codes, logits = head(torch.randn(10, 8))
-    (codes.sum() + logits.sum()).backward()
+    head = HashHead(4, bits=6, num_classes=3, hash_input="posterior").eval()
+    with torch.no_grad():
+        head.class_classifier.weight.copy_(torch.tensor([[50.0, 0, 0, 0], [0, 50.0, 0, 0], [0, 0, 50.0, 0]]))
+        head.class_classifier.bias.zero_()
+    f = torch.eye(4)[:3]  # BN at its initial statistics passes these through (up to eps)
+    codes, _, class_logits = head(f)
+    assert class_logits.argmax(1).tolist() == [0, 1, 2]
+    want = torch.tanh(head.hash.weight.t() + head.hash.bias)
+    torch.testing.assert_close(codes, want, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("hash_input", ["features", "posterior"])
+def test_every_parameter_trains(hash_input):
+    torch.manual_seed(0)
+    head = HashHead(8, bits=4, num_classes=3, hidden_channels=16, hash_input=hash_input)
+    out = head(torch.randn(10, 8))
+    loss = out.codes.sum() + out.logits.sum()
+    if out.class_logits is not None:
+        loss = loss + out.class_logits.pow(2).sum()
+    loss.backward()
     for name, p in head.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
 
@@ -43,16 +70,19 @@ def test_hidden_layer_trains():
 def test_linear_head_keeps_its_state_dict_keys():
     # checkpoints written before the hidden layer existed load into hidden_channels=0 heads
     keys = set(HashHead(8, 12, 5).state_dict())
-    assert not any(k.startswith("hidden") for k in keys)
+    assert not any(k.startswith(("hidden", "class_classifier")) for k in keys)
     assert {"hash.weight", "classifier.weight", "norm.running_mean"} <= keys
+    posterior = HashHead(8, 12, 5, hash_input="posterior").state_dict()
+    assert posterior["class_classifier.weight"].shape == (5, 8) and posterior["hash.weight"].shape == (12, 5)
 
 
 def test_reset_parameters_and_repr():
-    head = HashHead(8, 12, 5, hidden_channels=16)
-    before = head.hidden[0].weight.clone()
+    head = HashHead(8, 12, 5, hidden_channels=16, hash_input="posterior")
+    before = head.hidden[0].weight.clone(), head.class_classifier.weight.clone()
     head.reset_parameters()
-    assert not torch.equal(before, head.hidden[0].weight)
-    assert repr(head) == "HashHead(8, bits=12, num_classes=5, hidden_channels=16)"
+    assert not torch.equal(before[0], head.hidden[0].weight)
+    assert not torch.equal(before[1], head.class_classifier.weight)
+    assert repr(head) == "HashHead(8, bits=12, num_classes=5, hidden_channels=16, hash_input='posterior')"
     assert repr(HashHead(8, 12, 5)) == "HashHead(8, bits=12, num_classes=5)"
 
 
@@ -61,3 +91,5 @@ def test_bad_arguments():
         HashHead(8, 0, 5)
     with pytest.raises(ValueError, match="hidden_channels"):
         HashHead(8, 12, 5, hidden_channels=-1)
+    with pytest.raises(ValueError, match="hash_input must be one of \\('features', 'posterior'\\), got 'logits'"):
+        HashHead(8, 12, 5, hash_input="logits")

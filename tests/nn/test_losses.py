@@ -90,6 +90,22 @@ def test_gdf_loss_combines_weighted_terms():
     assert "pairwise" not in GDFLoss(LossWeights(pairwise=0.0))(codes, logits, labels)
 
 
+def test_gdf_loss_adds_the_posterior_classifiers_cross_entropy():
+    codes = torch.tanh(torch.randn(8, 12))
+    logits, class_logits = torch.randn(8, 4), torch.randn(8, 4, requires_grad=True)
+    labels = torch.randint(0, 4, (8,))
+    w = LossWeights(classification=1.0, posterior=0.5, quantization=0.0, balance=0.0, label_smoothing=0.1)
+    out = GDFLoss(w)(codes, logits, labels, class_logits)
+    want = -(0.9 * torch.log_softmax(class_logits, 1).gather(1, labels[:, None]).squeeze(1)
+             + 0.1 * torch.log_softmax(class_logits, 1).mean(1)).mean()  # smoothed cross-entropy by hand
+    torch.testing.assert_close(out["posterior"], 0.5 * want)
+    torch.testing.assert_close(out["loss"], out["classification"] + out["posterior"])
+    out["loss"].backward()
+    assert class_logits.grad.abs().sum() > 0
+    assert "posterior" not in GDFLoss(w)(codes, logits, labels)
+    assert "posterior" not in GDFLoss(LossWeights(posterior=0.0))(codes, logits, labels, class_logits)
+
+
 def test_loss_bad_arguments():
     with pytest.raises(ValueError, match="gamma must be positive"):
         cauchy_quantization_loss(torch.zeros(2, 3), gamma=0.0)

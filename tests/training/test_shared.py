@@ -16,15 +16,18 @@ from gdf_pyg.training.shared import SharedEncoderTrainer
 from ..conftest import TINY_BACKBONE, TINY_RUN
 
 
-@pytest.mark.parametrize("hash_hidden", [0, 24])
-def test_a_heads_codes_are_its_single_models_codes(hash_hidden):
+@pytest.mark.parametrize("hash_hidden,hash_input", [(0, "features"), (24, "features"), (24, "posterior")])
+def test_a_heads_codes_are_its_single_models_codes(hash_hidden, hash_input):
     cfg = GDFNetConfig.from_dict({"backbone": {"name": TINY_BACKBONE, "pretrained": False}, "img_size": 64,
                                   "graph": {"k": 3}, "aggregation": {"hidden_channels": 16}, "num_classes": 5,
-                                  "hash_hidden": hash_hidden})
+                                  "hash_hidden": hash_hidden, "hash_input": hash_input})
     shared = SharedEncoderGDFNet(cfg, [12, 32]).eval()
     images = torch.randn(6, 3, 64, 64)
     out = shared(images)
     assert out.codes.shape == (6, 44) and out.logits.shape == (6, 10)
+    assert (out.class_logits is None) == (hash_input == "features")
+    if out.class_logits is not None:
+        assert out.class_logits.shape == (6, 10)
     for bits, codes in shared.split(shared.encode(images)).items():
         single = GDFNet(GDFNetConfig.from_dict({**cfg.to_dict(), "bits": bits})).eval()
         single.load_state_dict(shared.single_state(bits))
@@ -114,3 +117,17 @@ def test_distillation_teaches_the_short_heads_from_the_longest(tmp_path, folder_
 def test_distillation_needs_a_shared_encoder(folder_root):
     with pytest.raises(ConfigError, match="loss.distill: .*needs train.shared_encoder=true"):
         TrainConfig.load(overrides=[f"data.root={folder_root}", *TINY_RUN, "loss.distill=1.0"])
+
+
+def test_each_posterior_heads_classifier_has_its_cross_entropy(tmp_path, folder_root):
+    trainer = _trainer(folder_root, tmp_path, "model.hash_input=posterior", "loss.posterior=0.5")
+    images, labels = torch.randn(4, 3, 64, 64), torch.tensor([0, 1, 2, 0])
+    out = trainer.model(images)
+    terms = trainer.losses(out, labels)
+    classes = trainer.data.num_classes
+    heads = out.class_logits.split(classes, dim=1)
+    want = sum(0.5 * torch.nn.functional.cross_entropy(z, labels) for z in heads)
+    torch.testing.assert_close(terms["posterior"], want)
+    codes, logits = trainer.model.split(out.codes), out.logits.split(classes, dim=1)
+    for i, bits in enumerate((12, 16)):
+        torch.testing.assert_close(terms[f"loss@{bits}"], trainer.loss_fn(codes[bits], logits[i], labels, heads[i])["loss"])

@@ -159,3 +159,16 @@ def test_an_epoch_reports_the_time_it_waited_for_data(folder_root, tmp_path):
     slow = trainer.train_epoch()
     assert 0.0 <= fast["data_wait"] < slow["data_wait"] <= 1.0
     assert slow["data_wait"] > 0.5 and slow["seconds"] > 0.5 * trainer.steps_per_epoch
+
+
+def test_posterior_head_trains_its_class_classifier(tmp_path, folder_root):
+    # the single-model trainer passes the class logits to the loss: its term moves the class classifier
+    cfg = TrainConfig.load(overrides=[f"data.root={folder_root}", *TINY_RUN, "model.hash_input=posterior",
+                                      "train.frozen_backbone=false"])
+    trainer = image_trainer(cfg, tmp_path)
+    out = trainer.model(torch.randn(4, 3, 64, 64))
+    terms = trainer.losses(out, torch.tensor([0, 1, 2, 0]))
+    torch.testing.assert_close(terms["posterior"], torch.nn.functional.cross_entropy(out.class_logits,
+                                                                                    torch.tensor([0, 1, 2, 0])))
+    terms["posterior"].backward()
+    assert trainer.model.head.class_classifier.weight.grad.abs().sum() > 0

@@ -1,0 +1,160 @@
+"""Benchmark 10: retrieval of classes never seen in training.
+
+Codes hashed from the class posterior (``model.hash_input=posterior``) give a photo of a class
+the model never saw the code of (a mix of) the training classes it resembles; codes hashed
+from the features (``features``) need not. This measures what each costs: the species of a data
+set are split at random into seen ones (the training data, a folder data set split as usual) and
+unseen ones (their photos split per species into query and database folders by the same query
+fraction); every configuration trains on the seen species through the library (frozen Lite0,
+cached features, code lengths as heads of one encoder, each at its best validation epoch) and is
+evaluated twice: test mAP@all (ties averaged) on the seen species' own test split, and on the
+unseen species (``gdf-pyg eval --query --database``). The folders are symbolic links into the
+data set, built in a temporary folder.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import random
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from ablation import BITS, LITE0, QUICK_DATASET, SHARED  # noqa: E402
+from common import barh_plot, base_parser, command_line, markdown_table, write_results  # noqa: E402
+
+from gdf_pyg.cli import main as cli  # noqa: E402
+from gdf_pyg.data.synthetic import SyntheticConfig, SyntheticFineGrained  # noqa: E402
+from gdf_pyg.retrieval.search import IMAGE_SUFFIXES  # noqa: E402
+from gdf_pyg.training.config import TrainConfig  # noqa: E402
+from gdf_pyg.training.run import train  # noqa: E402
+
+CONFIGS: Dict[str, List[str]] = {
+    "hash layer on the features (cpu preset 0.5)": ["model.hash_input=features"],
+    "hash layer on the class posterior (cpu preset now)": ["model.hash_input=posterior"],
+}
+QUERY_FRACTION = {"flowers102": 0.25, "birds525": 0.2}
+VAL_FRACTION = {"flowers102": 0.1, "birds525": 0.25}
+
+
+def synthetic_folder(out: Path, num_classes: int = 6, per_class: int = 8) -> Path:
+    """The built-in synthetic classes written as a folder data set (for ``--quick``)."""
+    from torchvision.utils import save_image
+
+    data = SyntheticFineGrained(SyntheticConfig(num_classes=num_classes, train_per_class=per_class), img_size=64)
+    for label, name in enumerate(data.classes):
+        (out / name).mkdir(parents=True)
+        for i in range(per_class):
+            save_image(data.render(label, i), out / name / f"{i}.png")
+    return out
+
+
+def split_species(root: Path, unseen_fraction: float, query_fraction: float, seed: int, out: Path) -> Dict[str, int]:
+    """Links ``root``'s species folders into ``out/seen`` and their photos into ``out/query`` and
+    ``out/database`` (unseen species); returns the counts."""
+    species = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    rng = random.Random(seed)
+    unseen = set(rng.sample(species, max(1, round(unseen_fraction * len(species)))))
+    if len(unseen) == len(species):
+        raise SystemExit(f"--unseen-fraction {unseen_fraction} leaves no species of {root} to train on")
+    counts = {"seen species": 0, "unseen species": 0, "unseen queries": 0, "unseen database": 0}
+    for folder in species:
+        if folder not in unseen:
+            (out / "seen").mkdir(parents=True, exist_ok=True)
+            (out / "seen" / folder.name).symlink_to(folder.resolve(), target_is_directory=True)
+            counts["seen species"] += 1
+            continue
+        photos = sorted(f for f in folder.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+        rng.shuffle(photos)
+        n_query = max(1, round(query_fraction * len(photos)))
+        for part, files in (("query", photos[:n_query]), ("database", photos[n_query:])):
+            (out / part / folder.name).mkdir(parents=True, exist_ok=True)
+            for f in files:
+                (out / part / folder.name / f.name).symlink_to(f.resolve())
+            counts[f"unseen {part if part == 'database' else 'queries'}"] += len(files)
+        counts["unseen species"] += 1
+    return counts
+
+
+def run(base: List[str], overrides: List[str], folders: Path, seed: int, epochs: int, cache: Path,
+        bits: Sequence[int]) -> Dict[str, float]:
+    cfg = TrainConfig.load(preset="cpu", overrides=[
+        *base, f"data.root={folders / 'seen'}", *overrides, f"train.seed={seed}", f"optim.epochs={epochs}",
+        "train.eval_every=2", "train.shared_encoder=true", f"train.bits=[{','.join(map(str, bits))}]",
+        "train.device=cpu"])
+    with tempfile.TemporaryDirectory() as out:
+        results = train(cfg, out, cache_dir=cache)["results"]
+        evaluated = Path(out) / "unseen"
+        with contextlib.redirect_stdout(io.StringIO()):  # the command's own table; ours is printed below
+            code = cli(["eval", "--checkpoint", out, "--query", str(folders / "query"), "--database",
+                        str(folders / "database"), "--out", str(evaluated), "--no-progress", "--topk", "10"])
+        if code != 0:
+            raise SystemExit(f"gdf-pyg eval of the unseen species failed ({code})")
+        unseen = json.loads((evaluated / "metrics.json").read_text())["results"]
+    row = {f"_seen {b}": results[str(b)]["metrics"]["map"] for b in bits}
+    row.update({f"_unseen {b}": unseen[str(b)]["metrics"]["map"] for b in bits})
+    return row
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    p = base_parser(__doc__.splitlines()[0])
+    p.add_argument("--dataset", default="flowers102", choices=list(QUERY_FRACTION))
+    p.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    p.add_argument("--unseen-fraction", type=float, default=0.2, help="fraction of the species held out of training")
+    p.add_argument("--seeds", type=int, default=1, help="training seeds (the species split uses --split-seed)")
+    p.add_argument("--split-seed", type=int, default=0)
+    p.add_argument("--epochs", type=int, default=40)
+    p.add_argument("--cache", type=Path, default=Path("runs/cache"))
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    bits = BITS
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.quick:  # a synthetic folder data set and the tiny model: seconds
+            root, bits = synthetic_folder(Path(tmp) / "data"), (12, 16)
+            base = ["data.dataset=folder", *[o for o in QUICK_DATASET if not o.startswith("data.")],
+                    "data.query_fraction=0.25", "data.val_fraction=0.25"]
+            query_fraction, args.epochs, args.unseen_fraction = 0.25, min(args.epochs, 2), 0.34
+        else:
+            root = SHARED / "data" / args.dataset
+            if not root.is_dir():
+                raise SystemExit(f"{root} not found: this benchmark needs the shared data sets")
+            query_fraction = QUERY_FRACTION[args.dataset]
+            base = ["data.dataset=folder", f"data.query_fraction={query_fraction}",
+                    f"data.val_fraction={VAL_FRACTION[args.dataset]}", f"model.backbone.weights_file={LITE0}"]
+        folders = Path(tmp) / "split"
+        counts = split_species(root, args.unseen_fraction, query_fraction, args.split_seed, folders)
+        rows = []
+        for config in args.configs:
+            runs = [run(base, CONFIGS[config], folders, seed, args.epochs, args.cache, bits) for seed in range(args.seeds)]
+            row: Dict[str, object] = {"config": config}
+            for key in runs[0]:
+                values = [r[key] for r in runs]
+                row[key] = values
+                row[key[1:]] = (f"{statistics.mean(values):.4f} ± {statistics.pstdev(values):.4f}" if len(values) > 1
+                                else f"{values[0]:.4f}")
+            rows.append(row)
+            print(f"done: {config}: " + ", ".join(f"{k[1:]} {row[k[1:]]}" for k in runs[0]), flush=True)
+    columns = ["config", *[f"seen {b}" for b in bits], *[f"unseen {b}" for b in bits]]
+    name = f"unseen_classes_{'quick' if args.quick else args.dataset}"
+    body = (f"{'synthetic (quick)' if args.quick else args.dataset}: {counts['seen species']} species trained on, "
+            f"{counts['unseen species']} held out (split seed {args.split_seed}; {counts['unseen queries']} queries, "
+            f"{counts['unseen database']} database photos); {args.epochs} epochs, shared encoder, {args.seeds} seed(s); "
+            "test mAP@all (ties averaged) on the seen species' test split (seen) and on the held-out species (unseen).\n\n"
+            + markdown_table(rows, columns))
+    md = write_results(args.results, name, "Retrieval of classes never seen in training", body, rows,
+                       command_line(argv, "unseen_classes.py"))
+    barh_plot([f"{r['config']}, {b} bits" for r in rows for b in bits],
+              [statistics.mean(r[f"_unseen {b}"]) for r in rows for b in bits], "mAP@all on the unseen species",
+              args.results / f"{name}.png", f"{args.dataset if not args.quick else 'quick'}: species never trained on")
+    print(body)
+    print(f"\nwritten: {md}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
