@@ -32,8 +32,9 @@ class GDFNetConfig:
     ``head`` is ``"gdf"`` (region nodes, graph aggregation, fused with the global branch),
     ``"global"`` (global average pooling only: the no-graph baseline with the same hash layer)
     or ``"mlp"`` (the aggregation's layers on the pooled feature: the capacity control).
-    ``hash_hidden``, ``hash_dropout`` and ``hash_input`` (``"features"``, or ``"posterior"``: the
-    hash layer reads a class classifier's posterior) shape the :class:`~gdf_pyg.nn.hash.HashHead`.
+    ``hash_hidden``, ``hash_dropout``, ``hash_input`` (``"features"``, or ``"posterior"``: the
+    hash layer reads a class classifier's posterior) and ``hash_posterior_scale`` shape the
+    :class:`~gdf_pyg.nn.hash.HashHead`.
     """
 
     head: str = "gdf"
@@ -44,6 +45,7 @@ class GDFNetConfig:
     hash_dropout: float = 0.0
     hash_hidden: int = 0
     hash_input: str = "features"
+    hash_posterior_scale: float = 3.0
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     nodes: NodesConfig = field(default_factory=NodesConfig)
     graph: GraphConfig = field(default_factory=GraphConfig)
@@ -58,6 +60,8 @@ class GDFNetConfig:
         require(self.hash_hidden >= 0, f"{prefix}.hash_hidden",
                 f"must be >= 0 channels (0: a linear hash layer), got {self.hash_hidden}")
         choice(self.hash_input, HASH_INPUTS, f"{prefix}.hash_input")
+        require(self.hash_posterior_scale > 0, f"{prefix}.hash_posterior_scale",
+                f"must be > 0, got {self.hash_posterior_scale}")
         self.backbone.validate(f"{prefix}.backbone")
         self.nodes.validate(f"{prefix}.nodes")
         self.graph.validate(f"{prefix}.graph")
@@ -204,7 +208,8 @@ class GDFNet(nn.Module):
     def hash_head(self, bits: int) -> HashHead:
         """A hash layer of ``bits`` bits on the encoder's features, as the config asks."""
         c = self.config
-        return HashHead(self.feature_dim, bits, c.num_classes, c.hash_dropout, c.hash_hidden, c.hash_input)
+        return HashHead(self.feature_dim, bits, c.num_classes, c.hash_dropout, c.hash_hidden, c.hash_input,
+                        c.hash_posterior_scale)
 
     @property
     def aggregation(self) -> Optional[GraphAggregation]:

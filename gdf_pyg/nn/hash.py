@@ -40,21 +40,25 @@ class HashHead(nn.Module):
     hyperplanes split into distinct cells; the hidden layer lets each bit be any function of
     the class scores, which short codes need most.
 
-    With ``hash_input="posterior"`` a class classifier on those features decides first, and the
-    hash layer reads its posterior:
+    With ``hash_input="posterior"`` a class classifier on what the hash layer would read
+    (:math:`\mathbf{x}`: :math:`\mathrm{dropout}(\mathrm{BN}(\mathbf{f}))`, or the hidden layer's output)
+    decides first, and the hash layer reads its posterior:
 
     .. math::
         \mathbf{u} = \mathbf{W}_p\,\mathbf{x} + \mathbf{b}_p, \qquad
-        \mathbf{h} = \tanh\big(\mathbf{W}_h \operatorname{softmax}(\mathbf{u}) + \mathbf{b}_h\big)
+        \mathbf{h} = \tanh\big(s\,(\mathbf{W}_h \operatorname{softmax}(\mathbf{u}) + \mathbf{b}_h)\big)
 
     Column :math:`c` of :math:`\mathbf{W}_h` (:math:`K \times C`) is then class :math:`c`'s
     learned code: a confident prediction of class :math:`c` gives
-    :math:`\tanh(\mathbf{W}_{h,:c} + \mathbf{b}_h)`, an uncertain one a posterior-weighted mix of
+    :math:`\tanh(s\,(\mathbf{W}_{h,:c} + \mathbf{b}_h))`, an uncertain one a posterior-weighted mix of
     class codes. The code is decided by a classifier of the full feature width instead of
     :math:`K` hyperplanes, so a short code is as accurate a class label as a long one; the code
-    classifier :math:`\mathbf{z}` keeps the classes' codes apart. :math:`\mathbf{u}` is trained
-    with its own cross-entropy (``class_logits``). Codes of images of classes never seen in
-    training fall on (mixes of) the training classes' codes.
+    classifier :math:`\mathbf{z}` keeps the classes' codes apart, and :math:`\mathbf{u}` is
+    trained with its own cross-entropy (``class_logits``). The posterior sums to one, so a code's
+    pre-activation starts at the size of one weight (about :math:`1/\sqrt{C}`) and grows by the
+    optimiser's steps; the scale :math:`s` (``posterior_scale``) lets the codes reach
+    :math:`\pm 1` in :math:`1/s` of the steps. Images of classes never seen in training get
+    (mixes of) the training classes' codes (``benchmarks/unseen_classes.py`` measures the cost).
 
     The batch normalisation standardises each feature over the batch, so the hash layer
     sees the differences between images whatever the scale and the shared offset of the
@@ -69,6 +73,7 @@ class HashHead(nn.Module):
         hidden_channels (int): width :math:`H` of the hidden layer, 0 for none. (default: :obj:`0`)
         hash_input (str): what the hash layer reads, ``"features"`` or ``"posterior"``.
             (default: :obj:`"features"`)
+        posterior_scale (float): :math:`s`, with ``hash_input="posterior"``. (default: :obj:`3.0`)
 
     Shapes:
         - **input:** features :math:`(B, D)`
@@ -77,7 +82,7 @@ class HashHead(nn.Module):
     """
 
     def __init__(self, in_channels: int, bits: int, num_classes: int, dropout: float = 0.0,
-                 hidden_channels: int = 0, hash_input: str = "features") -> None:
+                 hidden_channels: int = 0, hash_input: str = "features", posterior_scale: float = 3.0) -> None:
         super().__init__()
         if bits < 1:
             raise ValueError(f"bits must be a positive integer, got {bits}")
@@ -85,8 +90,10 @@ class HashHead(nn.Module):
             raise ValueError(f"hidden_channels must be >= 0 (0: a linear hash layer), got {hidden_channels}")
         if hash_input not in HASH_INPUTS:
             raise ValueError(f"hash_input must be one of {HASH_INPUTS}, got {hash_input!r}")
+        if posterior_scale <= 0:
+            raise ValueError(f"posterior_scale must be > 0, got {posterior_scale}")
         self.in_channels, self.bits, self.num_classes = in_channels, bits, num_classes
-        self.hidden_channels, self.hash_input = hidden_channels, hash_input
+        self.hidden_channels, self.hash_input, self.posterior_scale = hidden_channels, hash_input, posterior_scale
         self.norm = nn.BatchNorm1d(in_channels)
         self.dropout = nn.Dropout(dropout)
         # No hidden layer, no extra module: linear heads keep the state dict of earlier versions.
@@ -113,13 +120,15 @@ class HashHead(nn.Module):
         if self.hidden is not None:
             x = self.hidden(x)
         class_logits = None
-        if self.class_classifier is not None:
+        if self.class_classifier is None:
+            codes = torch.tanh(self.hash(x))
+        else:
             class_logits = self.class_classifier(x)
-            x = torch.softmax(class_logits, dim=1)
-        codes = torch.tanh(self.hash(x))
+            codes = torch.tanh(self.posterior_scale * self.hash(torch.softmax(class_logits, dim=1)))
         return HashOutput(codes, self.classifier(codes), class_logits)
 
     def __repr__(self) -> str:
         hidden = f", hidden_channels={self.hidden_channels}" if self.hidden_channels else ""
-        source = f", hash_input={self.hash_input!r}" if self.class_classifier is not None else ""
+        source = (f", hash_input={self.hash_input!r}, posterior_scale={self.posterior_scale:g}"
+                  if self.class_classifier is not None else "")
         return f"{self.__class__.__name__}({self.in_channels}, bits={self.bits}, num_classes={self.num_classes}{hidden}{source})"

@@ -348,9 +348,9 @@ class LossWeights:
     ``orthohash`` the OrthoHash loss against orthogonal class codes; both use the targets of
     :func:`hash_centers` (``centers`` method, ``center_seed``). ``posterior`` weighs the
     cross-entropy of the class classifier whose posterior a ``hash_input="posterior"`` head
-    hashes (:class:`~gdf_pyg.nn.hash.HashHead`; no term for other heads). ``distill`` weighs, for heads of
-    a shared encoder (``train.shared_encoder``), the :func:`distillation_loss` of each shorter
-    head's logits to the longest head's, at ``distill_temperature``.
+    hashes (:class:`~gdf_pyg.nn.hash.HashHead`; no term for other heads). ``distill`` weighs,
+    for heads of a shared encoder (``train.shared_encoder``), the :func:`distillation_loss` of
+    each shorter head's logits to the longest head's, at ``distill_temperature``.
     """
 
     classification: float = 1.0
@@ -376,7 +376,8 @@ class LossWeights:
         require(0 <= self.ortho_margin < 1, f"{prefix}.ortho_margin", f"must be in [0, 1), got {self.ortho_margin}")
         require(self.distill_temperature > 0, f"{prefix}.distill_temperature",
                 f"must be > 0, got {self.distill_temperature}")
-        for name in ("classification", "posterior", "quantization", "balance", "pairwise", "center", "orthohash", "distill"):
+        for name in ("classification", "posterior", "quantization", "balance", "pairwise", "center", "orthohash",
+                     "distill"):
             require(getattr(self, name) >= 0, f"{prefix}.{name}", f"must be >= 0, got {getattr(self, name)}")
         require(0.0 <= self.label_smoothing < 1.0, f"{prefix}.label_smoothing",
                 f"must be in [0, 1), got {self.label_smoothing}")
@@ -394,9 +395,9 @@ class GDFLoss(nn.Module):
     :func:`bit_balance_loss`, :func:`pairwise_cauchy_loss`, :func:`center_loss`,
     :func:`orthohash_loss`; the class targets of the last two come from :func:`hash_centers` for
     the logits' number of classes and the codes' length), plus, given ``class_logits`` (a
-    ``hash_input="posterior"`` head), :math:`\lambda_P` times their cross-entropy.
-    ``forward`` returns a dict with the total under ``"loss"`` and each weighted term. Under multi-process training every term is
-    computed on the outputs of the whole global batch.
+    ``hash_input="posterior"`` head), :math:`\lambda_P` times their cross-entropy. ``forward``
+    returns a dict with the total under ``"loss"`` and each weighted term. Under multi-process
+    training every term is computed on the outputs of the whole global batch.
     """
 
     def __init__(self, weights: Optional[LossWeights] = None) -> None:

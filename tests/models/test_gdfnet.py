@@ -77,6 +77,8 @@ def test_config_errors_name_the_key():
         tiny_config(hash_hidden=-2)
     with pytest.raises(ConfigError, match=r"model.hash_input: 'logits' is not allowed; expected one of \['features', 'posterior'\]"):
         tiny_config(hash_input="logits")
+    with pytest.raises(ConfigError, match="model.hash_posterior_scale: must be > 0, got -1"):
+        tiny_config(hash_posterior_scale=-1)
     with pytest.raises(ConfigError, match="unknown key model.graph.kk"):
         tiny_config(graph__kk=3)
     with pytest.raises(ConfigError, match="model.graph.k: expected an integer, got 'many'"):

@@ -15,14 +15,15 @@ def _manual(head: HashHead, f: torch.Tensor):
     if head.class_classifier is not None:
         u = x @ head.class_classifier.weight.t() + head.class_classifier.bias
         x = torch.exp(u) / torch.exp(u).sum(1, keepdim=True)
-    h = torch.tanh(x @ head.hash.weight.t() + head.hash.bias)
+    scale = head.posterior_scale if u is not None else 1.0
+    h = torch.tanh(scale * (x @ head.hash.weight.t() + head.hash.bias))
     return h, h @ head.classifier.weight.t() + head.classifier.bias, u
 
 
 @pytest.mark.parametrize("hidden,hash_input", [(0, "features"), (16, "features"), (0, "posterior"), (16, "posterior")])
 def test_forward_matches_the_formula(hidden, hash_input):
     torch.manual_seed(0)
-    head = HashHead(8, bits=12, num_classes=5, hidden_channels=hidden, hash_input=hash_input)
+    head = HashHead(8, bits=12, num_classes=5, hidden_channels=hidden, hash_input=hash_input, posterior_scale=2.5)
     head.train()
     head(torch.randn(32, 8) * 3 + 1)  # moves the running statistics off their defaults
     head.eval()
@@ -41,7 +42,7 @@ def test_forward_matches_the_formula(hidden, hash_input):
 
 
 def test_posterior_codes_are_the_predicted_class_code():
-    # a confident class posterior makes the code tanh(W_h[:, c] + b_h), the class's learned code
+    # a confident class posterior makes the code tanh(s (W_h[:, c] + b_h)), the class's learned code
     torch.manual_seed(0)
     head = HashHead(4, bits=6, num_classes=3, hash_input="posterior").eval()
     with torch.no_grad():
@@ -50,7 +51,7 @@ def test_posterior_codes_are_the_predicted_class_code():
     f = torch.eye(4)[:3]  # BN at its initial statistics passes these through (up to eps)
     codes, _, class_logits = head(f)
     assert class_logits.argmax(1).tolist() == [0, 1, 2]
-    want = torch.tanh(head.hash.weight.t() + head.hash.bias)
+    want = torch.tanh(3.0 * (head.hash.weight.t() + head.hash.bias))
     torch.testing.assert_close(codes, want, atol=1e-4, rtol=0)
 
 
@@ -82,7 +83,7 @@ def test_reset_parameters_and_repr():
     head.reset_parameters()
     assert not torch.equal(before[0], head.hidden[0].weight)
     assert not torch.equal(before[1], head.class_classifier.weight)
-    assert repr(head) == "HashHead(8, bits=12, num_classes=5, hidden_channels=16, hash_input='posterior')"
+    assert repr(head) == "HashHead(8, bits=12, num_classes=5, hidden_channels=16, hash_input='posterior', posterior_scale=3)"
     assert repr(HashHead(8, 12, 5)) == "HashHead(8, bits=12, num_classes=5)"
 
 
@@ -93,3 +94,5 @@ def test_bad_arguments():
         HashHead(8, 12, 5, hidden_channels=-1)
     with pytest.raises(ValueError, match="hash_input must be one of \\('features', 'posterior'\\), got 'logits'"):
         HashHead(8, 12, 5, hash_input="logits")
+    with pytest.raises(ValueError, match="posterior_scale must be > 0, got 0"):
+        HashHead(8, 12, 5, hash_input="posterior", posterior_scale=0.0)
