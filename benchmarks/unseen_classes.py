@@ -72,11 +72,12 @@ def split_species(root: Path, unseen_fraction: float, query_fraction: float, see
         photos = sorted(f for f in folder.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
         rng.shuffle(photos)
         n_query = max(1, round(query_fraction * len(photos)))
-        for part, files in (("query", photos[:n_query]), ("database", photos[n_query:])):
+        for part, files, count in (("query", photos[:n_query], "unseen queries"),
+                                   ("database", photos[n_query:], "unseen database")):
             (out / part / folder.name).mkdir(parents=True, exist_ok=True)
             for f in files:
                 (out / part / folder.name / f.name).symlink_to(f.resolve())
-            counts[f"unseen {part if part == 'database' else 'queries'}"] += len(files)
+            counts[count] += len(files)
         counts["unseen species"] += 1
     return counts
 
@@ -111,6 +112,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--epochs", type=int, default=40)
     p.add_argument("--cache", type=Path, default=Path("runs/cache"))
     args = p.parse_args(argv)
+    if not 0 < args.unseen_fraction < 1:
+        p.error(f"--unseen-fraction must be in (0, 1), got {args.unseen_fraction}")
     logging.basicConfig(level=logging.WARNING)
     bits = BITS
     with tempfile.TemporaryDirectory() as tmp:
