@@ -144,6 +144,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"done: {config}: " + ", ".join(f"{k[1:]} {row[k[1:]]}" for k in runs[0]), flush=True)
     columns = ["config", *[f"seen {b}" for b in bits], *[f"unseen {b}" for b in bits]]
     name = f"unseen_classes_{'quick' if args.quick else args.dataset}"
+    name += f"_split{args.split_seed}" if args.split_seed else ""
     body = (f"{'synthetic (quick)' if args.quick else args.dataset}: {counts['seen species']} species trained on, "
             f"{counts['unseen species']} held out (split seed {args.split_seed}; {counts['unseen queries']} queries, "
             f"{counts['unseen database']} database photos); {args.epochs} epochs, shared encoder, {args.seeds} seed(s); "
