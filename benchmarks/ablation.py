@@ -55,13 +55,27 @@ QUICK_DATASET = ["data.dataset=synthetic", "data.synthetic.num_classes=6", "data
                  "model.aggregation.hidden_channels=16", "optim.batch_size=8"]
 
 
-def train_preset(overrides: Sequence[str], seed: int, epochs: int, cache: Path, shared: bool = True,
-                 bits: Sequence[int] = BITS) -> Tuple[Dict[str, Any], float]:
-    """One training run of the cpu preset with ``overrides``, in a temporary folder, validated
-    every second epoch: the results of each code length (``train``'s summary) and the wall time."""
-    cfg = TrainConfig.load(preset="cpu", overrides=[
+def dataset_overrides(name: str, root: Optional[Path] = None) -> List[str]:
+    """The overrides of data set ``name`` (:data:`DATASETS`), its ``data.root`` replaced by ``root`` if given."""
+    if root is None:
+        return list(DATASETS[name])
+    return [*(o for o in DATASETS[name] if not o.startswith("data.root=")), f"data.root={root}"]
+
+
+def preset_config(overrides: Sequence[str], seed: int, epochs: int, shared: bool = True,
+                  bits: Sequence[int] = BITS) -> TrainConfig:
+    """The cpu preset with ``overrides`` as the benchmarks train it: on the CPU, validated every
+    second epoch."""
+    return TrainConfig.load(preset="cpu", overrides=[
         *overrides, f"train.seed={seed}", f"optim.epochs={epochs}", "train.eval_every=2",
         f"train.shared_encoder={str(shared).lower()}", f"train.bits=[{','.join(map(str, bits))}]", "train.device=cpu"])
+
+
+def train_preset(overrides: Sequence[str], seed: int, epochs: int, cache: Path, shared: bool = True,
+                 bits: Sequence[int] = BITS) -> Tuple[Dict[str, Any], float]:
+    """One training run of :func:`preset_config`, in a temporary folder: the results of each
+    code length (``train``'s summary) and the wall time."""
+    cfg = preset_config(overrides, seed, epochs, shared, bits)
     with tempfile.TemporaryDirectory() as out:
         t0 = time.perf_counter()
         results = train(cfg, out, cache_dir=cache)["results"]

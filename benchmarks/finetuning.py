@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ablation import BITS, DATASETS, LITE0, QUICK_DATASET, SHARED  # noqa: E402
+from ablation import BITS, DATASETS, LITE0, QUICK_DATASET, SHARED, dataset_overrides  # noqa: E402
 from common import base_parser, command_line, markdown_table, slug, write_results  # noqa: E402
 
 
@@ -190,8 +190,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         root = args.data_root / args.dataset
         if not args.table_only and (not root.is_dir() or not args.weights.is_file()):
             raise SystemExit(f"the photographs and weights are needed; missing: {root if not root.is_dir() else args.weights}")
-        base = [*(o for o in DATASETS[args.dataset] if not o.startswith("data.root=")), f"data.root={root}",
-                f"model.backbone.weights_file={args.weights}"]
+        base = [*dataset_overrides(args.dataset, root), f"model.backbone.weights_file={args.weights}"]
     base += [f"train.device={args.device}", f"data.num_workers={args.workers}"]
     names = [FROZEN, *(n for n in args.recipes if n != FROZEN)]
     stem = "finetuning_quick" if args.quick else f"finetuning_{dataset}"

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ablation import BITS, LITE0, QUICK_DATASET, SHARED  # noqa: E402
+from ablation import BITS, DATASETS, LITE0, QUICK_DATASET, SHARED, dataset_overrides, preset_config  # noqa: E402
 from common import barh_plot, base_parser, command_line, markdown_table, write_results  # noqa: E402
 
 from gdf_pyg.cli import main as cli  # noqa: E402
@@ -38,8 +38,6 @@ CONFIGS: Dict[str, List[str]] = {
     "hash layer on the features (cpu preset 0.5)": ["model.hash_input=features"],
     "hash layer on the class posterior (cpu preset now)": ["model.hash_input=posterior"],
 }
-QUERY_FRACTION = {"flowers102": 0.25, "birds525": 0.2}
-VAL_FRACTION = {"flowers102": 0.1, "birds525": 0.25}
 
 
 def synthetic_folder(out: Path, num_classes: int = 6, per_class: int = 8) -> Path:
@@ -84,10 +82,8 @@ def split_species(root: Path, unseen_fraction: float, query_fraction: float, see
 
 def run(base: List[str], overrides: List[str], folders: Path, seed: int, epochs: int, cache: Path,
         bits: Sequence[int]) -> Dict[str, float]:
-    cfg = TrainConfig.load(preset="cpu", overrides=[
-        *base, f"data.root={folders / 'seen'}", *overrides, f"train.seed={seed}", f"optim.epochs={epochs}",
-        "train.eval_every=2", "train.shared_encoder=true", f"train.bits=[{','.join(map(str, bits))}]",
-        "train.device=cpu"])
+    """Trains on ``base`` (the seen species) with ``overrides``; test mAP on the seen and the unseen species."""
+    cfg = preset_config([*base, *overrides], seed, epochs, shared=True, bits=bits)
     with tempfile.TemporaryDirectory() as out:
         results = train(cfg, out, cache_dir=cache)["results"]
         evaluated = Path(out) / "unseen"
@@ -104,7 +100,7 @@ def run(base: List[str], overrides: List[str], folders: Path, seed: int, epochs:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     p = base_parser(__doc__.splitlines()[0])
-    p.add_argument("--dataset", default="flowers102", choices=list(QUERY_FRACTION))
+    p.add_argument("--dataset", default="flowers102", choices=list(DATASETS))
     p.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     p.add_argument("--unseen-fraction", type=float, default=0.2, help="fraction of the species held out of training")
     p.add_argument("--seeds", type=int, default=1, help="training seeds (the species split uses --split-seed)")
@@ -117,19 +113,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     bits = BITS
     with tempfile.TemporaryDirectory() as tmp:
+        folders = Path(tmp) / "split"
         if args.quick:  # a synthetic folder data set and the tiny model: seconds
             root, bits = synthetic_folder(Path(tmp) / "data"), (12, 16)
-            base = ["data.dataset=folder", *[o for o in QUICK_DATASET if not o.startswith("data.")],
-                    "data.query_fraction=0.25", "data.val_fraction=0.25"]
-            query_fraction, args.epochs, args.unseen_fraction = 0.25, min(args.epochs, 2), 0.34
+            base = ["data.dataset=folder", f"data.root={folders / 'seen'}",
+                    *[o for o in QUICK_DATASET if not o.startswith("data.")], "data.query_fraction=0.25",
+                    "data.val_fraction=0.25"]
+            args.epochs, args.unseen_fraction = min(args.epochs, 2), 0.34
         else:
             root = SHARED / "data" / args.dataset
             if not root.is_dir():
                 raise SystemExit(f"{root} not found: this benchmark needs the shared data sets")
-            query_fraction = QUERY_FRACTION[args.dataset]
-            base = ["data.dataset=folder", f"data.query_fraction={query_fraction}",
-                    f"data.val_fraction={VAL_FRACTION[args.dataset]}", f"model.backbone.weights_file={LITE0}"]
-        folders = Path(tmp) / "split"
+            base = [*dataset_overrides(args.dataset, folders / "seen"), f"model.backbone.weights_file={LITE0}"]
+        # the held-out species are split into queries and database as the data set's own split is
+        query_fraction = TrainConfig.load(preset="cpu", overrides=[*base, f"data.root={root}"]).data.query_fraction
         counts = split_species(root, args.unseen_fraction, query_fraction, args.split_seed, folders)
         rows = []
         for config in args.configs:
