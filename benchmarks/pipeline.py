@@ -23,6 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import barh_plot, base_parser, best_of, command_line, device_label, markdown_table, write_results  # noqa: E402
 
+from gdf_pyg.data.loading import resolve_eval_batch_size  # noqa: E402
 from gdf_pyg.data.records import ImageRecord  # noqa: E402
 from gdf_pyg.models.gdfnet import GDFNet, GDFNetConfig  # noqa: E402
 from gdf_pyg.retrieval.index import HammingIndex, pack_codes  # noqa: E402
@@ -71,7 +72,8 @@ def encode_stage(images: int, rounds: int) -> List[Dict[str, object]]:
     if not files:
         raise SystemExit(f"no JPEGs under {FLOWERS}: the encoding stage needs the shared flowers102 photographs")
     records = [ImageRecord(f, 0) for f in files]
-    size, batch = model.config.img_size, EvalConfig().batch_size
+    size = model.config.img_size
+    batch = resolve_eval_batch_size(EvalConfig().batch_size, "cpu", size)
     best_batch, best_cl, _ = fastest_forward(model, size, 64)
     floors, pipes = [], []
     for _ in range(rounds):  # alternating, so a machine that speeds up or slows down affects both

@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
-# The GPU benchmarks and checks, in one command (at most about 8 minutes on one card):
+# The GPU benchmarks and checks, in one command (at most about 10 minutes on one card):
 #   benchmarks/run_gpu.sh [--results DIR]
+# GDF_PHOTOS names a folder of real photos, one sub-folder per class (default ../shared/data/flowers102;
+# on a machine without it, copy the first 25 class folders of it, about 20 MB, and point GDF_PHOTOS there).
 # 1. gpu_checks.py: kNN graphs under bf16 autocast equal the float32 graphs; a run trained under
 #    autocast reports the mAP that `gdf-pyg eval` computes from its checkpoints, exactly.
 # 2. training_throughput.py --amp: GDF-Net (the paper's head and a spatial head) against the bare
 #    ResNet-50 at 448 px under bf16 autocast: images/s and peak memory.
 # 3. graph_construction.py: every kNN backend and construction on the card.
 # 4. paper_setting.py --cub-synthetic: one epoch of the paper preset on a CUB-sized synthetic set.
+# 5. gpu_training.py: the paper and cpu presets fine-tuned on real JPEGs against the bare backbone,
+#    the card's busy fraction, host round trips per step, the sync-debug check, loaders and the cache.
 # torch-cluster and FAISS are optional. Results are named after the card, in benchmarks/results/
 # unless --results says otherwise. A part that fails is reported and the others still run.
 set -uo pipefail
@@ -30,4 +34,7 @@ part "training throughput, bf16 autocast" 120 "$python" "$root/benchmarks/traini
 part "graph construction" 120 "$python" "$root/benchmarks/graph_construction.py" --device cuda ${results[@]+"${results[@]}"}
 part "paper preset, one epoch, CUB-sized synthetic set" 150 "$python" "$root/benchmarks/paper_setting.py" --device cuda \
     --cub-synthetic --workers "$workers" ${results[@]+"${results[@]}"}
+photos="${GDF_PHOTOS:-$root/../shared/data/flowers102}"
+part "training at the card's speed, real photos" 300 "$python" "$root/benchmarks/gpu_training.py" --device cuda \
+    --photos "$photos" ${results[@]+"${results[@]}"}
 if (( ${#failed[@]} )); then echo "failed: ${failed[*]}"; exit 1; fi

@@ -18,7 +18,7 @@ from ._moved import install as _install_moved_modules
 # every start that no user of gdf-pyg can act on. Only that message is silenced.
 warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
 
-__version__ = "0.6.0"
+__version__ = "0.7.0"
 
 _LAZY = {
     "GDFNet": "gdf_pyg.models.gdfnet",

@@ -123,6 +123,7 @@ def _eval_run_data(args: argparse.Namespace, ckpt: Path, model, state, batch_siz
     """Codes and labels of the run's own test (queries) and training (database) splits."""
     import torch
 
+    from .data.loading import resolve_num_workers
     from .training.config import TrainConfig
     from .training.encoding import encode_dataset
     from .training.run_data import build_run_data, check_identity
@@ -134,7 +135,7 @@ def _eval_run_data(args: argparse.Namespace, ckpt: Path, model, state, batch_siz
     if not args.resplit and not args.overrides:
         check_identity(run_dir, data)
     device = torch.device(args.device)
-    opts = dict(num_workers=cfg.data.num_workers, progress=progress, skipped=data.skipped)
+    opts = dict(num_workers=resolve_num_workers(cfg.data.num_workers, device), progress=progress, skipped=data.skipped)
     db_set = encode_dataset(model.encode, data.train_eval, batch_size, device, desc="encode database",
                             paths=data.train_paths, **opts)
     q_set = encode_dataset(model.encode, data.test_eval, batch_size, device, desc="encode queries",
@@ -153,7 +154,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     dataset_name, num_classes, skipped_all = "", 0, []
     for ckpt in _checkpoints(args.checkpoint):
         model, state = load_model(ckpt, args.device)
-        batch_size = args.batch_size or eval_batch_size(state)
+        batch_size = args.batch_size or eval_batch_size(state, args.device)
         if args.query or args.database:
             q, q_labels, db, db_labels, dataset_name, num_classes, skipped = _eval_folders(
                 args, model, batch_size, progress)

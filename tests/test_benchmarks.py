@@ -11,7 +11,8 @@ import pytest
 from .conftest import FLOWERS, ROOT, needs_flowers
 
 SCRIPTS = ["graph_construction", "retrieval_engine", "training_throughput", "ablation", "short_codes", "unseen_classes",
-           pytest.param("paper_setting", marks=needs_flowers), pytest.param("pipeline", marks=needs_flowers)]
+           pytest.param("paper_setting", marks=needs_flowers), pytest.param("pipeline", marks=needs_flowers),
+           pytest.param("gpu_training", marks=needs_flowers)]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
 
 
@@ -26,9 +27,9 @@ def run_quick(script, tmp_path, *extra):
 def test_quick_mode(script, tmp_path):
     extra = {"ablation": ["--cache", str(tmp_path / "cache")], "short_codes": ["--cache", str(tmp_path / "cache")],
              "unseen_classes": ["--cache", str(tmp_path / "cache")],
-             "paper_setting": ["--data", str(FLOWERS)]}
+             "paper_setting": ["--data", str(FLOWERS)], "gpu_training": ["--photos", str(FLOWERS)]}
     out = run_quick(script, tmp_path, *extra.get(script, []))
-    name = f"{script}_quick"
+    name = f"{script}_quick" + ("_cpu" if script == "gpu_training" else "")
     md = (tmp_path / f"{name}.md").read_text()
     assert md.startswith("# ") and f"benchmarks/{script}.py --quick" in md and "|---" in md
     assert json.loads((tmp_path / f"{name}.json").read_text())
@@ -52,6 +53,18 @@ def test_quick_mode(script, tmp_path):
         rows = json.loads((tmp_path / f"{name}.json").read_text())
         assert [r["config"].split(" (")[0] for r in rows] == ["hash layer on the features", "hash layer on the class posterior"]
         assert all(0 < r[f"_{split} {b}"][0] <= 1 for r in rows for split in ("seen", "unseen") for b in (12, 16))
+    if script == "gpu_training":
+        rows = json.loads((tmp_path / f"{name}.json").read_text())
+        runs, extra = rows[:-1], rows[-1]
+        assert [r["preset"] for r in runs] == ["paper (fine-tuned)", "cpu (fine-tuned)"]
+        for r in runs:  # the steps read nothing back; the run trained; the comparison is the same run's
+            assert r["syncs/step (steps)"] == 0 and r["steps"] > 0
+            assert r["ours / bare"] == pytest.approx(r["images/s"] / r["bare backbone images/s"])
+            assert 0 <= r["data wait"] <= 1 and 0 < r["validation share"] < 1 and r["preset eval_every"] >= 1
+            assert r["validation share"] == pytest.approx(
+                r["validation s"] / (r["validation s"] + r["preset eval_every"] * r["epoch s"]))
+        cache = extra["feature_cache"]
+        assert cache["cache / loader"] == pytest.approx(cache["feature cache images/s"] / cache["eval loader images/s"])
     if script == "paper_setting":
         assert "backbone: random initialisation (no --weights given)" in out
         rows = json.loads((tmp_path / f"{name}.json").read_text())

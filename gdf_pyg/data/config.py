@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Union
 
 from ..utils.checks import choice, require
 from .synthetic import SyntheticConfig
@@ -22,6 +22,8 @@ class DataConfig:
     split into database/query by ``query_fraction`` and ``split_seed``). ``val_fraction`` of
     the training split (stratified, seeded) is held out for model selection. ``max_classes``
     keeps only the first classes (in the dataset's class order), for quick experiments.
+    ``num_workers`` is the number of data-loading processes, or ``auto``: chosen from the cores
+    this process may use and the device (:func:`~gdf_pyg.data.loading.resolve_num_workers`).
     """
 
     dataset: str = "synthetic"
@@ -31,7 +33,7 @@ class DataConfig:
     split_seed: int = 0
     bbox_crop: bool = False
     skip_bad_images: bool = False
-    num_workers: int = 0
+    num_workers: Union[int, str] = "auto"
     max_classes: Optional[int] = None
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
@@ -43,7 +45,8 @@ class DataConfig:
         require(0.0 <= self.val_fraction < 1.0, f"{prefix}.val_fraction", f"must be in [0, 1), got {self.val_fraction}")
         require(0.0 < self.query_fraction < 1.0, f"{prefix}.query_fraction",
                  f"must be in (0, 1), got {self.query_fraction}")
-        require(self.num_workers >= 0, f"{prefix}.num_workers", f"must be >= 0, got {self.num_workers}")
+        require(self.num_workers == "auto" or (isinstance(self.num_workers, int) and self.num_workers >= 0),
+                f"{prefix}.num_workers", f"must be a number >= 0 or 'auto', got {self.num_workers!r}")
         require(self.max_classes is None or self.max_classes >= 2, f"{prefix}.max_classes",
                  f"must be >= 2 or null, got {self.max_classes}")
         s = self.synthetic

@@ -164,7 +164,8 @@ class RegionGraphEncoder(nn.Module):
             branch = self.mlp(pooled)
         elif self.aggregation is not None:
             nodes = self.nodes(fmap)
-            branch, _ = self.aggregation(nodes.x, nodes.batch, nodes.pos, nodes.grid_size, nodes.num_graphs)
+            branch, _ = self.aggregation(nodes.x, nodes.batch, nodes.pos, nodes.grid_size, nodes.num_graphs,
+                                         nodes.nodes_per_graph)
         else:
             return pooled
         return torch.cat([branch, pooled], dim=1) if self.fuse_global else branch

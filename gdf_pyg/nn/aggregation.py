@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Dict, Optional, Tuple, Type, Union
 
+import torch
 from torch import Tensor, nn
 from torch_geometric.nn import aggr as pyg_aggr
 from torch_geometric.nn.conv import MessagePassing
@@ -11,7 +12,7 @@ from torch_geometric.nn.resolver import activation_resolver, normalization_resol
 from torch_geometric.typing import OptTensor
 
 from ..utils.checks import choice, require
-from .conv import CONVS, make_conv, segment_ptr
+from .conv import CONVS, FactorizedEdgeConv, make_conv, segment_ptr
 from .graph import GraphBuilder
 
 __all__ = ["ACTIVATIONS", "AggregationConfig", "GraphAggregation", "NORMS", "PooledMLP", "READOUTS", "make_norm", "make_readout"]
@@ -177,20 +178,33 @@ class GraphAggregation(nn.Module):
         pos: OptTensor = None,
         grid_size: Optional[Tuple[int, int]] = None,
         num_graphs: Optional[int] = None,
+        nodes_per_graph: Optional[int] = None,
     ) -> Tuple[Tensor, Tensor]:
+        """``nodes_per_graph``: every image has that many nodes, stacked in order (regions of a
+        feature map or attention parts). The graphs, the message passing and the readout then
+        take their sizes from the layout: nothing is read back from the device, so on a GPU the
+        forward and backward passes queue without waiting."""
         if x.dim() != 2 or x.size(1) != self.in_channels:
             raise ValueError(f"expected node features of shape (N, {self.in_channels}), got {tuple(x.shape)}")
-        if num_graphs is None:
-            num_graphs = int(batch.max()) + 1 if batch.numel() else 0
-        edge_index = self.graph(x, batch, pos, grid_size)
+        if nodes_per_graph is not None:
+            num_graphs = x.size(0) // nodes_per_graph
+            ptr = torch.arange(0, x.size(0) + 1, nodes_per_graph, device=x.device)
+            degree = self.graph.regular_degree(nodes_per_graph)
+        else:
+            if num_graphs is None:
+                num_graphs = int(batch.max()) + 1 if batch.numel() else 0
+            ptr, degree = segment_ptr(batch, num_graphs), None
+        layout = {"k": degree} if degree is not None else {}
+        edge_index = self.graph(x, batch, pos, grid_size, nodes_per_graph)
         h = self.act(self.input_norm(self.input(x)))
         for layer, (conv, norm) in enumerate(zip(self.convs, self.norms)):
             if layer > 0 and self.graph.is_dynamic:
                 # The neighbourhoods follow the learned features; no gradient through the choice.
-                edge_index = self.graph(h.detach(), batch, pos, grid_size)
-            update = self.dropout(self.act(norm(conv(h, edge_index))))
+                edge_index = self.graph(h.detach(), batch, pos, grid_size, nodes_per_graph)
+            out = conv(h, edge_index, **layout) if isinstance(conv, FactorizedEdgeConv) else conv(h, edge_index)
+            update = self.dropout(self.act(norm(out)))
             h = h + update if self.residual else update
-        return self.readout(h, batch, ptr=segment_ptr(batch, num_graphs), dim_size=num_graphs), h
+        return self.readout(h, batch, ptr=ptr, dim_size=num_graphs), h
 
     def __repr__(self) -> str:
         return (

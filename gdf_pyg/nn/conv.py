@@ -119,12 +119,23 @@ class FactorizedEdgeConv(MessagePassing):
         if bias is not None and self.lin_centre.bias is not None:
             self.lin_centre.bias.copy_(bias)
 
-    def forward(self, x: Tensor, edge_index: Adj) -> Tensor:
+    def forward(self, x: Tensor, edge_index: Adj, k: Optional[int] = None) -> Tensor:
+        """``k``: every node receives exactly ``k`` edges, grouped by centre in node order (what
+        the kNN builders return), so the neighbour lists are read as an :math:`(N, k)` view of
+        ``edge_index[0]`` without checking the layout on the device. Without it the layout is
+        checked (one read back from the device)."""
         neighbour = self.lin_neighbour(x)
-        nbr = self._regular_neighbours(edge_index, x.size(0)) if self.aggr == "max" else None
+        nbr = None
+        if self.aggr == "max":
+            nbr = self._regular_neighbours(edge_index, x.size(0)) if k is None else edge_index[0].view(x.size(0), k)
         if nbr is not None:
             # Fixed in-degree, edges grouped by centre (a kNN graph): a dense max.
             return _NeighbourMax.apply(neighbour, nbr) + self.lin_centre(x)
+        if k is not None:  # mean or sum over a known number of neighbours per node
+            gathered = neighbour.index_select(0, edge_index[0]).view(x.size(0), k, -1)
+            if self.aggr == "mean":
+                return gathered.mean(1) + self.lin_centre(x)
+            return gathered.sum(1) + float(k) * self.lin_centre(x)
         # propagate_type: (x: Tensor)
         out = self.propagate(edge_index, x=neighbour)
         deg = degree(edge_index[1], x.size(0), dtype=x.dtype).unsqueeze(-1)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass
-from typing import Dict, Optional, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -137,14 +137,16 @@ def pairwise_cauchy_loss(h: Tensor, labels: Tensor, gamma: float = 20.0, eps: fl
     b = h.size(0)
     if b < 2:
         return h.sum() * 0.0
-    s = similarity_from_labels(labels).to(h.dtype)
+    # The pairs i != j weighted by an off-diagonal mask rather than selected by it: shapes stay
+    # those of the batch (a boolean selection would make a GPU's host wait for its size).
+    off_diag = 1.0 - torch.eye(b, dtype=h.dtype, device=h.device)
+    s = similarity_from_labels(labels).to(h.dtype) * off_diag
     d = cauchy_distance(h.unsqueeze(1), h.unsqueeze(0)).clamp_min(eps)
-    off_diag = ~torch.eye(b, dtype=torch.bool, device=h.device)
-    s, d = s[off_diag], d[off_diag]
-    n_pos, n_all = s.sum(), torch.tensor(float(s.numel()), dtype=h.dtype, device=h.device)
+    n_all = float(b * (b - 1))
+    n_pos = s.sum()
     n_neg = n_all - n_pos
     w = torch.where(s > 0, n_all / n_pos.clamp_min(1.0), n_all / n_neg.clamp_min(1.0))
-    terms = s * torch.log1p(d / gamma) + (1.0 - s) * torch.log1p(gamma / d)
+    terms = s * torch.log1p(d / gamma) + (off_diag - s) * torch.log1p(gamma / d)
     return (w * terms).sum() / n_all
 
 
@@ -397,7 +399,9 @@ class GDFLoss(nn.Module):
     the logits' number of classes and the codes' length), plus, given ``class_logits`` (a
     ``hash_input="posterior"`` head), :math:`\lambda_P` times their cross-entropy. ``forward``
     returns a dict with the total under ``"loss"`` and each weighted term. Under multi-process
-    training every term is computed on the outputs of the whole global batch.
+    training every term is computed on the outputs of the whole global batch; ``shard_sizes``
+    (every process's rows, when the caller knows them) spares the exchange of shapes, which reads
+    back from the device.
     """
 
     def __init__(self, weights: Optional[LossWeights] = None) -> None:
@@ -413,18 +417,20 @@ class GDFLoss(nn.Module):
             self._centers[key] = hash_centers(num_classes, bits, self.weights.centers, self.weights.center_seed).to(device)
         return self._centers[key]
 
-    def forward(self, codes: Tensor, logits: Tensor, labels: Tensor,
-                class_logits: Optional[Tensor] = None) -> Dict[str, Tensor]:
+    def forward(self, codes: Tensor, logits: Tensor, labels: Tensor, class_logits: Optional[Tensor] = None,
+                shard_sizes: Optional[Sequence[int]] = None) -> Dict[str, Tensor]:
         # Under multi-process training every term is computed on the outputs of the whole global
-        # batch (gathered, differentiably; shards may differ in size), so each process holds the
-        # single-process loss and DDP's averaged gradients are the single-process ones.
-        codes, logits, labels = all_gather_cat(codes), all_gather_cat(logits), all_gather_cat(labels)
+        # batch (gathered, differentiably; shards may differ in size, given by shard_sizes when the
+        # caller knows them), so each process holds the single-process loss and DDP's averaged
+        # gradients are the single-process ones.
+        gather = lambda t: all_gather_cat(t, shard_sizes)  # noqa: E731
+        codes, logits, labels = gather(codes), gather(logits), gather(labels)
         w = self.weights
         terms: Dict[str, Tensor] = {}
         if w.classification:
             terms["classification"] = w.classification * code_classification_loss(logits, labels, w.label_smoothing)
         if class_logits is not None and w.posterior:
-            terms["posterior"] = w.posterior * F.cross_entropy(all_gather_cat(class_logits), labels,
+            terms["posterior"] = w.posterior * F.cross_entropy(gather(class_logits), labels,
                                                                 label_smoothing=w.label_smoothing)
         if w.quantization:
             terms["quantization"] = w.quantization * cauchy_quantization_loss(codes, w.gamma)

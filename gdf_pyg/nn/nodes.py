@@ -40,6 +40,8 @@ class NodeBatch:
         grid_size: ``(h, w)`` when the nodes are the cells of an ``h x w`` grid in
             row-major order (spatial nodes), else ``None``.
         attention: attention maps :math:`(B, M, H, W)` for part nodes, else ``None``.
+        nodes_per_graph: nodes of every image (all images have the same number), known even
+            for an empty batch.
     """
 
     x: Tensor
@@ -48,10 +50,13 @@ class NodeBatch:
     num_graphs: int
     grid_size: Optional[Tuple[int, int]] = None
     attention: Optional[Tensor] = None
+    nodes_per_graph: int = 0
 
-    @property
-    def nodes_per_graph(self) -> int:
-        return self.x.size(0) // max(self.num_graphs, 1)
+    def __post_init__(self) -> None:
+        if not self.nodes_per_graph:
+            if not self.num_graphs:
+                raise ValueError("an empty NodeBatch needs nodes_per_graph: it cannot be read from the nodes")
+            self.nodes_per_graph = self.x.size(0) // self.num_graphs
 
 
 def grid_positions(height: int, width: int, device: Optional[torch.device] = None) -> Tensor:
@@ -102,7 +107,7 @@ class SpatialNodes(nn.Module):
         b, c, h, w = fmap.shape
         x = fmap.flatten(2).transpose(1, 2).reshape(b * h * w, c)
         pos = grid_positions(h, w, fmap.device).repeat(b, 1)
-        return NodeBatch(x, _batch_vector(b, h * w, fmap.device), pos, b, grid_size=(h, w))
+        return NodeBatch(x, _batch_vector(b, h * w, fmap.device), pos, b, grid_size=(h, w), nodes_per_graph=h * w)
 
     def __repr__(self) -> str:
         return f"{self.__class__.__name__}(grid_size={self.grid_size})"
@@ -172,6 +177,7 @@ class AttentionPartNodes(nn.Module):
             pos.reshape(b * self.num_parts, 2),
             b,
             attention=att,
+            nodes_per_graph=self.num_parts,
         )
 
     def __repr__(self) -> str:

@@ -13,7 +13,7 @@ In a single process (or without an initialised process group) both are the plain
 """
 from __future__ import annotations
 
-from typing import Any, List
+from typing import Any, List, Optional, Sequence
 
 import torch
 import torch.distributed as dist
@@ -61,31 +61,37 @@ def _shard_shapes(tensor: Tensor) -> List[List[int]]:
 
 class _AllGatherCat(torch.autograd.Function):
     """Concatenation of every process's tensor along dim 0 (sizes may differ; a process without
-    rows may pass any empty tensor)."""
+    rows may pass any empty tensor). ``rows``: every process's row count when the caller knows
+    them, else ``None`` (the shapes are exchanged, and read back from the device)."""
 
     @staticmethod
-    def forward(ctx: Any, tensor: Tensor) -> Tensor:
-        shapes = _shard_shapes(tensor)
-        rows = [s[0] if s else 0 for s in shapes]
-        filled = [s for s, n in zip(shapes, rows) if n > 0]
-        trailing = filled[0][1:] if filled else list(tensor.shape[1:])
+    def forward(ctx: Any, tensor: Tensor, rows: Optional[List[int]]) -> Tensor:
+        if rows is None:
+            shapes = _shard_shapes(tensor)
+            rows = [s[0] if s else 0 for s in shapes]
+            filled = [s for s, n in zip(shapes, rows) if n > 0]
+            trailing = filled[0][1:] if filled else list(tensor.shape[1:])
+        else:
+            if len(rows) != dist.get_world_size() or rows[dist.get_rank()] != tensor.size(0):
+                raise ValueError(f"all_gather_cat: rows {rows} do not match this process's {tensor.size(0)} rows "
+                                 f"(rank {dist.get_rank()} of {dist.get_world_size()})")
+            trailing = list(tensor.shape[1:])
         if tensor.numel() == 0:
             tensor = tensor.reshape(0, *trailing)
         rank, most = dist.get_rank(), max(rows)
         # all_gather moves equal sizes: pad every shard to the largest, then cut the padding off.
-        padded = tensor.new_zeros((most, *trailing))
-        padded[: tensor.size(0)] = tensor
+        padded = tensor if tensor.size(0) == most else torch.cat([tensor, tensor.new_zeros((most - tensor.size(0), *trailing))])
         parts = [torch.empty_like(padded) for _ in rows]
-        dist.all_gather(parts, padded)
-        ctx.start, ctx.rows, ctx.shape = sum(rows[:rank]), rows[rank], shapes[rank]
+        dist.all_gather(parts, padded.contiguous())
+        ctx.start, ctx.rows, ctx.shape = sum(rows[:rank]), rows[rank], tuple(tensor.shape)
         return torch.cat([part[:n] for part, n in zip(parts, rows)])
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> Tensor:
+    def backward(ctx: Any, grad: Tensor):
         # Every process used the whole gathered tensor: sum their gradients, keep our rows.
         total = grad.contiguous().clone()
         dist.all_reduce(total)
-        return total[ctx.start:ctx.start + ctx.rows].reshape(ctx.shape)
+        return total[ctx.start:ctx.start + ctx.rows].reshape(ctx.shape), None
 
 
 def all_reduce_sum(tensor: Tensor) -> Tensor:
@@ -93,10 +99,13 @@ def all_reduce_sum(tensor: Tensor) -> Tensor:
     return _AllReduceSum.apply(tensor) if is_distributed() else tensor
 
 
-def all_gather_cat(tensor: Tensor) -> Tensor:
+def all_gather_cat(tensor: Tensor, rows: Optional[Sequence[int]] = None) -> Tensor:
     """Differentiable concatenation over processes along dim 0, in rank order; shards may
-    have different sizes (identity in a single process)."""
-    return _AllGatherCat.apply(tensor) if is_distributed() else tensor
+    have different sizes (identity in a single process). ``rows``, every process's row count
+    when the caller knows them, spares an exchange of shapes that waits on the device."""
+    if not is_distributed():
+        return tensor
+    return _AllGatherCat.apply(tensor, None if rows is None else [int(n) for n in rows])
 
 
 class GlobalBatchNorm(_BatchNorm):
@@ -133,7 +142,8 @@ class GlobalBatchNorm(_BatchNorm):
         x = input.double() if input.dtype == torch.float64 else input.float()
         dims = [0, *range(2, x.dim())]
         shape = [1, -1] + [1] * (x.dim() - 2)
-        count = all_reduce_sum(torch.tensor(float(x.numel() // x.size(1)), dtype=x.dtype, device=x.device))
+        # A fill, not torch.tensor(value, device=...): that copies from the host and waits for the GPU.
+        count = all_reduce_sum(torch.full((), float(x.numel() // x.size(1)), dtype=x.dtype, device=x.device))
         mean = all_reduce_sum(x.sum(dims)) / count
         centred = x - mean.view(shape)
         var = all_reduce_sum(centred.square().sum(dims)) / count

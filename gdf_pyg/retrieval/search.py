@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from ..data import ImageRecord, ImageRecordDataset, decode_size, eval_transform
+from ..data.loading import auto_eval_batch_size
 from ..data.layouts import IMAGE_SUFFIXES
 from ..data.records import DatasetLayoutError
 from ..models.gdfnet import GDFNet
@@ -24,9 +25,14 @@ log = logging.getLogger(__name__)
 __all__ = ["build_index", "collect_images", "encode_records", "eval_batch_size", "query_index"]
 
 
-def eval_batch_size(state: Dict[str, Any]) -> int:
-    """The encoding batch size a checkpoint's run evaluated with (``eval.batch_size``)."""
-    return int(state.get("config", {}).get("eval", {}).get("batch_size", EvalConfig().batch_size))
+def eval_batch_size(state: Dict[str, Any], device: str | torch.device = "cpu") -> int:
+    """The encoding batch size a checkpoint's run evaluated with (``eval.batch_size``; a run
+    records the number it chose, older ones may hold ``auto``: chosen for ``device`` then)."""
+    config = state.get("config", {})
+    size = config.get("eval", {}).get("batch_size", EvalConfig().batch_size)
+    if size == "auto":
+        return auto_eval_batch_size(device, int(config.get("model", {}).get("img_size", 224)))
+    return int(size)
 
 
 def collect_images(root: Path | str, classes: Optional[Sequence[str]] = None) -> Tuple[List[ImageRecord], List[str]]:
@@ -73,7 +79,7 @@ def build_index(checkpoint: Path | str, images: Path | str, out: Path | str, *, 
     """Encodes every image under ``images`` with the model of ``checkpoint`` into ``out``
     (in batches of ``batch_size``, by default the checkpoint's ``eval.batch_size``)."""
     model, state = load_model(checkpoint, device)
-    batch_size = batch_size or eval_batch_size(state)
+    batch_size = batch_size or eval_batch_size(state, device)
     records, classes = collect_images(images)
     codes, kept, skipped = encode_records(model, records, batch_size=batch_size, device=device,
                                           skip_bad=skip_bad, progress=progress)
@@ -112,7 +118,7 @@ def query_index(index_dir: Path | str, images: Sequence[Path | str], *, topk: in
         path = Path(img)
         label = saved.classes.index(path.parent.name) if path.parent.name in saved.classes else -1
         records.append(ImageRecord(path, label))
-    codes, kept, _ = encode_records(model, records, batch_size=eval_batch_size(state), device=device)
+    codes, kept, _ = encode_records(model, records, batch_size=eval_batch_size(state, device), device=device)
     dist, ids = saved.index(engine).search(pack_codes(codes), topk)
     results = []
     for row, pos in enumerate(kept):

@@ -67,6 +67,10 @@ class TrainSection:
     one of an image's ``1 + cached_views`` feature maps at random. Computed once and kept in the
     cache (in float16), for the price of encoding the training images that many more times. A
     backbone that is fine-tuned sees freshly augmented images instead; no views are cached.
+    ``eval_every`` validates (and selects) every that many epochs and after the last; with a
+    fine-tuned backbone each validation encodes the whole training split again. ``log_every``:
+    the steps' loss terms stay on the device and are read back, logged and checked for NaN every
+    that many steps and at the end of each epoch (each read makes a GPU's host wait for it).
     ``feature_flip`` mirrors cached feature maps at random (frozen backbone). Mirroring only
     permutes the spatial nodes, and heads with a feature-space graph or the grid are invariant to
     that (the layers see node features, never positions; the grid is mirror-symmetric): with the
@@ -81,6 +85,7 @@ class TrainSection:
     seed: int = 0
     device: str = "auto"
     eval_every: int = 1
+    log_every: int = 50
     cache_dir: Optional[str] = None
     feature_flip: bool = True
     init_from: Optional[str] = None
@@ -96,6 +101,7 @@ class TrainSection:
         require(self.device in ("auto", "cpu") or self.device.startswith("cuda"), f"{prefix}.device",
                  f"expected 'auto', 'cpu' or 'cuda[:N]', got {self.device!r}")
         require(self.eval_every >= 1, f"{prefix}.eval_every", f"must be >= 1, got {self.eval_every}")
+        require(self.log_every >= 1, f"{prefix}.log_every", f"must be >= 1, got {self.log_every}")
         require(self.cached_views >= 0, f"{prefix}.cached_views", f"must be >= 0, got {self.cached_views}")
         require(not (self.shared_encoder and self.init_from is not None), f"{prefix}.init_from",
                 "starts separate models; it cannot be combined with train.shared_encoder=true")
@@ -112,16 +118,19 @@ class EvalConfig:
     """Evaluation: the encoding batch size and the metrics reported besides mAP@all.
 
     Training's evaluation and ``gdf-pyg eval`` encode in batches of ``batch_size`` in
-    float32, so both compute the same codes. 8 is the fastest on a 2-core CPU
-    (benchmarks/pipeline.py); on a GPU larger batches are (the paper preset uses 64).
+    float32, so both compute the same codes. ``auto`` is chosen for the device when a run
+    starts (:func:`~gdf_pyg.data.loading.auto_eval_batch_size`: 8 on a CPU, the fastest on 2 cores
+    (benchmarks/pipeline.py); 64 to 256 on a GPU) and written into the run's ``config.yaml``, so
+    that ``gdf-pyg eval`` encodes the run's images in the batches training did.
     """
 
     topks: List[int] = field(default_factory=lambda: [100, 1000])
     radius: int = 2
-    batch_size: int = 8
+    batch_size: Union[int, str] = "auto"
 
     def validate(self, prefix: str = "eval") -> None:
-        require(self.batch_size >= 1, f"{prefix}.batch_size", f"must be >= 1, got {self.batch_size}")
+        require(self.batch_size == "auto" or (isinstance(self.batch_size, int) and self.batch_size >= 1),
+                f"{prefix}.batch_size", f"must be >= 1 or 'auto', got {self.batch_size!r}")
         for i, k in enumerate(self.topks):
             require(k >= 1, f"{prefix}.topks[{i}]", f"must be >= 1, got {k}")
         require(self.radius >= 0, f"{prefix}.radius", f"must be >= 0, got {self.radius}")

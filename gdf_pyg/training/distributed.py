@@ -43,11 +43,12 @@ class DistContext:
     def active(self) -> bool:
         return self.world_size > 1
 
-    def shard(self, items: int) -> slice:
-        """This process's contiguous share of ``items`` (sizes differ by at most one)."""
+    def shard(self, items: int, rank: Optional[int] = None) -> slice:
+        """This process's (or ``rank``'s) contiguous share of ``items`` (sizes differ by at most one)."""
+        rank = self.rank if rank is None else rank
         base, extra = divmod(items, self.world_size)
-        start = self.rank * base + min(self.rank, extra)
-        return slice(start, start + base + (self.rank < extra))
+        start = rank * base + min(rank, extra)
+        return slice(start, start + base + (rank < extra))
 
 
 def init_distributed(device: torch.device) -> DistContext:

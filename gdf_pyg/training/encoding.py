@@ -16,11 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from ..data.loading import loader_options
 from ..data.records import collate_skipping_bad
 from ..utils.progress import Progress, no_progress
 from .checkpoint import save_checkpoint
@@ -28,7 +30,7 @@ from .distributed import DistContext, gather_rows
 
 log = logging.getLogger(__name__)
 
-__all__ = ["EncodedSet", "encode_cached", "encode_dataset", "load_feature_cache", "readable_batches",
+__all__ = ["EncodedSet", "ImageEncoder", "encode_cached", "encode_dataset", "load_feature_cache", "readable_batches",
            "save_feature_cache"]
 
 
@@ -46,6 +48,19 @@ class EncodedSet:
 
     def select(self, keep: Tensor) -> "EncodedSet":
         return EncodedSet(self.values[keep], self.positions[keep], self.batches[keep])
+
+    def to_device(self, device: torch.device) -> "EncodedSet":
+        """The values on a GPU (``positions`` and ``batches`` stay on the host) when they take at
+        most half its free memory, else in pinned host memory for asynchronous copies; on the CPU,
+        unchanged. Training from cached maps then gathers each batch where it is trained."""
+        if device.type != "cuda" or self.values.is_cuda:
+            return self
+        size = self.values.numel() * self.values.element_size()
+        free, _ = torch.cuda.mem_get_info(device)
+        if size <= free // 2:
+            return EncodedSet(self.values.to(device), self.positions, self.batches)
+        log.info("cached values (%.1f GB) stay in pinned host memory: more than half the GPU's free memory", size / 1e9)
+        return EncodedSet(self.values.pin_memory(), self.positions, self.batches)
 
 
 def readable_batches(loader: DataLoader, skipped: Optional[List[str]], paths: Optional[Sequence[str]] = None
@@ -69,6 +84,58 @@ def _batch_plan(n: int, batch_size: int, ctx: DistContext) -> Tuple[List[List[in
     return batches[share], share.start
 
 
+def _to_host(values: List[Tensor], device: torch.device) -> Tensor:
+    """The rows computed on ``device``, concatenated on the host. From a GPU each batch was copied
+    without waiting (into pinned memory); one synchronisation here makes them all valid."""
+    if device.type == "cuda":
+        torch.cuda.current_stream(device).synchronize()
+    return torch.cat(values) if values else torch.empty(0)
+
+
+def _from_device(out: Tensor) -> Tensor:
+    """A batch's result copied to the host without waiting for it (:func:`_to_host` waits once)."""
+    return out.to("cpu", non_blocking=True) if out.is_cuda else out
+
+
+class ImageEncoder:
+    """Encodes one dataset, as often as asked, through one DataLoader whose workers persist
+    between calls (validation every few epochs does not start them again).
+
+    Args: as :func:`encode_dataset`; ``persistent=False`` stops the workers after each call.
+    """
+
+    def __init__(self, dataset: Dataset, batch_size: int, device: torch.device, *, ctx: Optional[DistContext] = None,
+                 num_workers: int = 0, paths: Optional[Sequence[str]] = None, persistent: bool = True) -> None:
+        self.dataset, self.device, self.ctx, self.paths = dataset, device, ctx or DistContext(), paths
+        self.plan, self.first = _batch_plan(len(dataset), batch_size, self.ctx)
+        self.loader = DataLoader(dataset, batch_sampler=self.plan, collate_fn=collate_skipping_bad,
+                                 **loader_options(num_workers, device, persistent))
+
+    def __call__(self, fn: Callable[[Tensor], Tensor], *, progress: Progress = no_progress, desc: str = "encode",
+                 skipped: Optional[List[str]] = None) -> EncodedSet:
+        start, device = time.perf_counter(), self.device
+        values, positions, batches, mine = [], [], [], []
+        for b, (images, _, indices) in enumerate(progress(readable_batches(self.loader, mine, self.paths), desc=desc,
+                                                          total=len(self.plan)), start=self.first):
+            if images is None:
+                continue
+            with torch.inference_mode():
+                values.append(_from_device(fn(images.to(device, non_blocking=True)).float()))
+            positions.append(indices)
+            batches.append(torch.full((len(indices),), b, dtype=torch.long))
+        local = [_to_host(values, device),
+                 torch.cat(positions) if positions else torch.empty(0, dtype=torch.long),
+                 torch.cat(batches) if batches else torch.empty(0, dtype=torch.long)]
+        out = EncodedSet(*gather_rows(local, device if device.type == "cuda" else None))
+        if skipped is not None:
+            skipped.extend(_gather_paths(mine, self.ctx))
+        if len(out.values) == 0:
+            raise RuntimeError(f"{desc}: no readable image in the dataset")
+        seconds = time.perf_counter() - start
+        log.info("%s: %d images in %.1f s (%.0f images/s)", desc, len(out.values), seconds, len(out.values) / seconds)
+        return out
+
+
 def encode_dataset(
     fn: Callable[[Tensor], Tensor],
     dataset: Dataset,
@@ -87,34 +154,11 @@ def encode_dataset(
 
     With several processes (``ctx``) each encodes a contiguous share of the batches and every
     process receives all rows; unreadable images (``skip_bad`` datasets) of every process are
-    appended to ``skipped``.
+    appended to ``skipped``. On a GPU the batches queue without waiting for each other's results.
     """
-    ctx = ctx or DistContext()
-    start = time.perf_counter()
-    plan, first = _batch_plan(len(dataset), batch_size, ctx)
-    loader = DataLoader(dataset, batch_sampler=plan, num_workers=num_workers, collate_fn=collate_skipping_bad,
-                        persistent_workers=False)
-    values, positions, batches, mine = [], [], [], []
-    for b, (images, _, indices) in enumerate(progress(readable_batches(loader, mine, paths), desc=desc,
-                                                      total=len(plan)), start=first):
-        if images is None:
-            continue
-        with torch.inference_mode():
-            out = fn(images.to(device, non_blocking=True)).float()
-        values.append(out.cpu())
-        positions.append(indices)
-        batches.append(torch.full((len(indices),), b, dtype=torch.long))
-    local = [torch.cat(values) if values else torch.empty(0),
-             torch.cat(positions) if positions else torch.empty(0, dtype=torch.long),
-             torch.cat(batches) if batches else torch.empty(0, dtype=torch.long)]
-    out = EncodedSet(*gather_rows(local, device if device.type == "cuda" else None))
-    if skipped is not None:
-        skipped.extend(_gather_paths(mine, ctx))
-    if len(out.values) == 0:
-        raise RuntimeError(f"{desc}: no readable image in the dataset")
-    seconds = time.perf_counter() - start
-    log.info("%s: %d images in %.1f s (%.0f images/s)", desc, len(out.values), seconds, len(out.values) / seconds)
-    return out
+    encoder = ImageEncoder(dataset, batch_size, device, ctx=ctx, num_workers=num_workers, paths=paths,
+                           persistent=False)
+    return encoder(fn, progress=progress, desc=desc, skipped=skipped)
 
 
 def _gather_paths(paths: List[str], ctx: DistContext) -> List[str]:
@@ -130,19 +174,22 @@ def encode_cached(fn: Callable[[Tensor], Tensor], cached: EncodedSet, device: to
     """Applies ``fn`` to cached rows in float32: batch by batch, in the batches they were encoded
     in (so the result equals encoding the images with the backbone and ``fn`` together), or in
     chunks of ``chunk`` rows where only a model selection depends on it (faster, and equal up to
-    float rounding)."""
+    float rounding). The cached rows may lie on the host or on ``device``."""
     ctx = ctx or DistContext()
     if chunk is None:
-        groups = [(cached.batches == b).nonzero().flatten() for b in torch.unique_consecutive(cached.batches).tolist()]
+        # Rows of one batch are contiguous (encoded in order): the batches' boundaries, on the host.
+        ids = cached.batches.numpy()
+        bounds = [0, *(np.flatnonzero(ids[1:] != ids[:-1]) + 1).tolist(), len(ids)]
+        groups = [(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
     else:
-        groups = list(torch.arange(len(cached.values)).split(chunk))
+        groups = [(a, min(a + chunk, len(cached.values))) for a in range(0, len(cached.values), chunk)]
     values, keep = [], []
-    for rows in groups[ctx.shard(len(groups))]:
+    for a, b in groups[ctx.shard(len(groups))]:
         with torch.inference_mode():
-            values.append(fn(cached.values[rows].to(device, non_blocking=True)).float().cpu())
-        keep.append(rows)
+            values.append(_from_device(fn(cached.values[a:b].to(device, non_blocking=True)).float()))
+        keep.append(torch.arange(a, b))
     rows = torch.cat(keep) if keep else torch.empty(0, dtype=torch.long)
-    local = torch.cat(values) if values else torch.empty(0)
+    local = _to_host(values, device)
     gathered_values, gathered_rows = gather_rows([local, rows], device if device.type == "cuda" else None)
     return EncodedSet(gathered_values, cached.positions[gathered_rows], cached.batches[gathered_rows])
 

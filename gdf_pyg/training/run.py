@@ -19,11 +19,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..data.loading import resolve_eval_batch_size, resolve_num_workers
 from ..data.transforms import TRAIN_SCALE
 from ..models.gdfnet import GDFNet, GDFNetConfig
 from ..retrieval.metrics import PRCurve, retrieval_report
 from ..utils.checks import ConfigError
 from ..utils.config_io import to_dict
+from ..utils.profiling import evaluation_region
 from ..utils.progress import Progress, no_progress
 from .checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint, seed_everything
 from .config import TrainConfig
@@ -60,32 +62,33 @@ def cached_features(cfg: TrainConfig, data: RunData, model: GDFNet, device: torc
     ``train.cached_views`` also that many augmented views of the images the model trains on
     (``view1``, ``view2``, ...; positions in the training split), kept in a file of their own."""
     ctx = ctx or DistContext()
+    batch_size = resolve_eval_batch_size(cfg.eval.batch_size, device, cfg.model.img_size)
     identity = {"backbone": to_dict(cfg.model.backbone), "img_size": cfg.model.img_size,
-                "batch_size": cfg.eval.batch_size, "data": data.identity, "format": "float32"}
+                "batch_size": batch_size, "data": data.identity, "format": "float32"}
     weights = cfg.model.backbone.weights_file
     if weights:
         wf = Path(weights).expanduser()
         identity["weights"] = [str(wf.resolve()), wf.stat().st_size, int(wf.stat().st_mtime)]
     model.eval()
     plain = (("train", data.train_eval, data.train_paths), ("test", data.test_eval, data.test_paths))
-    sets = _cached_sets(cache_dir / f"features-{cache_key(identity)}.pt", plain, cfg, model, device, progress, ctx,
-                        data.skipped)
+    sets = _cached_sets(cache_dir / f"features-{cache_key(identity)}.pt", plain, cfg, batch_size, model, device,
+                        progress, ctx, data.skipped)
     views = cfg.train.cached_views
     if views:
         # Training inputs only, never replayed into reported codes: float16 halves their size.
         view_identity = {**identity, "views": views, "scale": list(TRAIN_SCALE), "fit": data.fit_pos.tolist(),
                          "format": "float16"}
         augmented = [(f"view{v}", data.train_aug, data.fit_paths) for v in range(1, views + 1)]
-        view_sets = _cached_sets(cache_dir / f"views-{cache_key(view_identity)}.pt", augmented, cfg, model, device,
-                                 progress, ctx, [], torch.float16)  # unreadable: as in the plain view
+        view_sets = _cached_sets(cache_dir / f"views-{cache_key(view_identity)}.pt", augmented, cfg, batch_size, model,
+                                 device, progress, ctx, [], torch.float16)  # unreadable: as in the plain view
         for view in view_sets.values():
             view.positions = data.fit_pos[view.positions]  # rows of train_aug -> positions in the split
         sets.update(view_sets)
     return sets
 
 
-def _cached_sets(path: Path, sources: Sequence[Tuple[str, Any, List[str]]], cfg: TrainConfig, model: GDFNet,
-                 device: torch.device, progress: Progress, ctx: DistContext, skipped: List[str],
+def _cached_sets(path: Path, sources: Sequence[Tuple[str, Any, List[str]]], cfg: TrainConfig, batch_size: int,
+                 model: GDFNet, device: torch.device, progress: Progress, ctx: DistContext, skipped: List[str],
                  dtype: torch.dtype = torch.float32) -> Dict[str, EncodedSet]:
     """The feature maps of ``(name, dataset, paths)`` sources from ``path``, or encoded (kept in
     ``dtype``) and saved there; images skipped as unreadable are appended to ``skipped``.
@@ -101,8 +104,9 @@ def _cached_sets(path: Path, sources: Sequence[Tuple[str, Any, List[str]]], cfg:
     sets = {}
     for i, (name, ds, paths) in enumerate(sources):
         seed_everything(i)
-        sets[name] = encode_dataset(model.forward_features, ds, cfg.eval.batch_size, device, ctx=ctx,
-                                    num_workers=cfg.data.num_workers, progress=progress if ctx.is_main else no_progress,
+        sets[name] = encode_dataset(model.forward_features, ds, batch_size, device, ctx=ctx,
+                                    num_workers=resolve_num_workers(cfg.data.num_workers, device),
+                                    progress=progress if ctx.is_main else no_progress,
                                     desc=f"features {name}", skipped=skipped, paths=paths)
         sets[name].values = sets[name].values.to(dtype)
     restore_rng(rng)
@@ -124,18 +128,23 @@ def _final_result(cfg: TrainConfig, trainer: Trainer, model: GDFNet, bits: int, 
     """Evaluates ``model`` (the selected one of ``bits`` bits) through the encoding of ``gdf-pyg
     eval``, then writes ``best.pt``, ``history.csv`` and ``result.json`` (main process)."""
     ctx, data = trainer.ctx, trainer.data
-    test, train = trainer.codes("test", model), trainer.codes("train", model)  # every process takes part
-    if not ctx.is_main:
-        return None
+    with evaluation_region():
+        test, train = trainer.codes("test", model), trainer.codes("train", model)  # every process takes part
+        if not ctx.is_main:
+            return None
+        report, curve = evaluate_codes(test.values, data.test_labels[test.positions], train.values,
+                                       data.train_labels[train.positions], cfg.eval.topks, cfg.eval.radius)
     save_checkpoint(checkpoint, out / "best.pt")
-    report, curve = evaluate_codes(test.values, data.test_labels[test.positions], train.values,
-                                   data.train_labels[train.positions], cfg.eval.topks, cfg.eval.radius)
     _write_history(out / "history.csv", trainer.history)
     waits = [h["data_wait"] for h in trainer.history if "data_wait" in h]  # histories before 0.5.1 lack it
+    training = sum(h["seconds"] for h in trainer.history)
+    validation = sum(h.get("val_seconds", 0.0) for h in trainer.history)
     result = {
         "bits": bits, "metrics": report, "best_epoch": checkpoint["best_epoch"], "val_map": checkpoint["best_metric"],
         "pr_curve": curve.to_rows(), "train_images_per_s": float(np.mean([h["images_per_s"] for h in trainer.history])),
         "train_data_wait": float(np.mean(waits)) if waits else None,
+        "train_seconds": training, "validation_seconds": validation,
+        "validation_fraction": validation / max(training + validation, 1e-9),
         "queries": len(test.values), "database": len(train.values), "processes": ctx.world_size,
     }
     (out / "result.json").write_text(json.dumps(result, indent=1))
@@ -232,6 +241,13 @@ def _train_run(cfg: TrainConfig, run_dir: Path, device: torch.device, ctx: DistC
     if cfg.model.num_classes != data.num_classes:
         log.info("model.num_classes set to %d, the classes of the %s dataset", data.num_classes, data.name)
         cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, num_classes=data.num_classes))
+    if cfg.eval.batch_size == "auto":  # written into config.yaml: eval encodes in the batches training did
+        batch = resolve_eval_batch_size("auto", device, cfg.model.img_size)
+        log.info("eval.batch_size set to %d for %s", batch, device.type)
+        cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, batch_size=batch))
+    if ctx.is_main:
+        log.info("%d data-loading worker(s) per process (data.num_workers=%s)",
+                 resolve_num_workers(cfg.data.num_workers, device), cfg.data.num_workers)
     n_fit = len(data.fit_pos)
     if cfg.optim.batch_size > n_fit:
         raise ConfigError(f"optim.batch_size: {cfg.optim.batch_size} is larger than the {n_fit} training images "
@@ -244,6 +260,7 @@ def _train_run(cfg: TrainConfig, run_dir: Path, device: torch.device, ctx: DistC
     if cfg.train.frozen_backbone:
         cache = Path(cache_dir or cfg.train.cache_dir or run_dir / "cache")
         features = cached_features(cfg, data, probe.to(device), device, cache, progress, ctx)
+        features = {name: cached.to_device(device) for name, cached in features.items()}
     del probe
     if cfg.train.shared_encoder:
         results = train_shared(cfg, data, run_dir, device, features, progress, resume, ctx)

@@ -76,12 +76,27 @@ class RunData:
     @property
     def fit_paths(self) -> List[str]:
         """Paths of the images the model trains on, in the order of ``fit_pos`` (``train_aug``'s)."""
-        return [self.train_paths[int(p)] for p in self.fit_pos]
+        return [self.train_paths[p] for p in self.fit_pos.tolist()]
 
 
 def _positions(records: Sequence[ImageRecord], subset: Sequence[ImageRecord]) -> Tensor:
     where = {rec: i for i, rec in enumerate(records)}
     return torch.tensor(sorted(where[r] for r in subset), dtype=torch.long)
+
+
+class _SubsetItems(Dataset):
+    """The items ``indices`` of ``dataset``, each carrying its position in the subset (as
+    ``ImageRecordDataset``'s items carry theirs), not in the dataset it was cut from."""
+
+    def __init__(self, dataset: Dataset, indices: Sequence[int]) -> None:
+        self.dataset, self.indices = dataset, list(indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int):
+        image, label, _ = self.dataset[self.indices[index]]
+        return image, label, index
 
 
 def _synthetic_data(cfg: TrainConfig, mean: Sequence[float], std: Sequence[float]) -> RunData:
@@ -90,12 +105,12 @@ def _synthetic_data(cfg: TrainConfig, mean: Sequence[float], std: Sequence[float
     test_eval = SyntheticFineGrained(s, size, "test", mean, std)
     labels = train_eval.labels
     idx = list(range(len(train_eval)))
-    recs = [ImageRecord(Path(f"synthetic/train/{i}"), int(labels[i])) for i in idx]
+    recs = [ImageRecord(Path(f"synthetic/train/{i}"), label) for i, label in zip(idx, labels.tolist())]
     fit, val = stratified_split(recs, d.val_fraction, d.split_seed) if d.val_fraction > 0 else (recs, [])
     fit_pos, val_pos = _positions(recs, fit), _positions(recs, val)
     aug = SyntheticFineGrained(s, size, "train", mean, std, augment=True)
     return RunData(
-        "synthetic", train_eval.classes, Subset(aug, fit_pos.tolist()), train_eval, test_eval, labels,
+        "synthetic", train_eval.classes, _SubsetItems(aug, fit_pos.tolist()), train_eval, test_eval, labels,
         test_eval.labels, fit_pos, val_pos, [f"synthetic:train:{i}" for i in idx],
         [f"synthetic:test:{i}" for i in range(len(test_eval))], {"dataset": "synthetic", **to_dict(s)},
     )

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -56,7 +56,7 @@ class SharedEncoderTrainer(Trainer):
         model = SharedEncoderGDFNet(model_config_for(self.cfg, self.all_bits[0], self.data.num_classes), self.all_bits)
         return self._place(model)
 
-    def losses(self, out: GDFOutput, labels: Tensor) -> Dict[str, Tensor]:
+    def losses(self, out: GDFOutput, labels: Tensor, sizes: Optional[List[int]] = None) -> Dict[str, Tensor]:
         """The sum over heads of each head's loss terms; ``loss@K`` is head ``K``'s total. With
         ``loss.distill`` each shorter head also learns the longest head's class distribution
         (the teacher passes no gradient through it)."""
@@ -67,12 +67,12 @@ class SharedEncoderTrainer(Trainer):
                         if out.class_logits is not None else {})
         w = self.cfg.loss
         teacher = max(self.all_bits)
-        teacher_logits = all_gather_cat(logits[teacher]) if w.distill else None  # once for every student
+        teacher_logits = all_gather_cat(logits[teacher], sizes) if w.distill else None  # once for every student
         terms: Dict[str, Tensor] = {}
         for b in self.all_bits:
-            head = self.loss_fn(codes[b], logits[b], labels, class_logits.get(b))
+            head = self.loss_fn(codes[b], logits[b], labels, class_logits.get(b), shard_sizes=sizes)
             if teacher_logits is not None and b != teacher:
-                head["distill"] = w.distill * distillation_loss(all_gather_cat(logits[b]), teacher_logits,
+                head["distill"] = w.distill * distillation_loss(all_gather_cat(logits[b], sizes), teacher_logits,
                                                                 w.distill_temperature)
                 head["loss"] = head["loss"] + head["distill"]
             for k, v in head.items():

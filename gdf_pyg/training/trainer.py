@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import time
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
@@ -20,6 +22,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
+from ..data.loading import EpochBatches, SeededItems, loader_options, resolve_eval_batch_size, resolve_num_workers
 from ..data.records import collate_skipping_bad
 from ..models.gdfnet import GDFNet, GDFNetConfig, GDFOutput
 from ..nn.losses import GDFLoss
@@ -27,13 +30,15 @@ from ..nn.sync import convert_batchnorm
 from ..retrieval.metrics import mean_average_precision
 from ..utils.checks import ConfigError
 from ..utils.codes import binarize
+from ..utils.profiling import evaluation_region, step_region
 from ..utils.progress import Progress, no_progress
 from .amp import autocast
 from .checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint, seed_everything, state_dict_cpu
 from .config import TrainConfig
 from .distributed import DistContext, barrier
 from .ema import WeightAverage
-from .encoding import EncodedSet, encode_cached, encode_dataset, readable_batches
+from .encoding import EncodedSet, ImageEncoder, encode_cached, readable_batches
+from .monitor import StepMonitor
 from .run_data import RunData
 from .schedule import make_scheduler
 
@@ -55,11 +60,10 @@ def model_config_for(cfg: TrainConfig, bits: int, num_classes: int) -> GDFNetCon
     return dataclasses.replace(cfg.model, bits=bits, num_classes=num_classes)
 
 
-def _all_finite(params: List[nn.Parameter]) -> bool:
-    grads = [p.grad for p in params if p.grad is not None]
-    if not grads:
-        return True
-    return bool(torch.isfinite(torch.stack([g.detach().abs().max() for g in grads])).all())
+def _to(array: np.ndarray, device: torch.device) -> Tensor:
+    """A host index array as a tensor on ``device`` (copied asynchronously to a GPU)."""
+    tensor = torch.from_numpy(np.ascontiguousarray(array))
+    return tensor.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else tensor
 
 
 class _Step(nn.Module):
@@ -108,6 +112,13 @@ class Trainer:
         self.scheduler = make_scheduler(self.optimizer, cfg.optim.scheduler, cfg.optim.epochs,
                                         cfg.optim.warmup_epochs, self.steps_per_epoch)
         self.generator = torch.Generator().manual_seed(cfg.train.seed)
+        self.num_workers = resolve_num_workers(cfg.data.num_workers, device)
+        self.eval_batch_size = resolve_eval_batch_size(cfg.eval.batch_size, device, cfg.model.img_size)
+        self._epoch_batches = EpochBatches(cfg.train.seed)
+        self._image_loader: Optional[DataLoader] = None
+        self._encoders: Dict[str, ImageEncoder] = {}
+        if self.frozen:
+            self._cache_index()
         self.epoch, self.step = 0, 0
         self.best_metric, self.best_epoch = -1.0, -1
         self.best_state: Optional[Dict[str, Tensor]] = None
@@ -136,12 +147,9 @@ class Trainer:
     def _place(self, model: GDFNet) -> GDFNet:
         """Global batch statistics under several processes, the device, a frozen backbone."""
         if self.ctx.active:
-            if self.device.type == "cuda":
-                from timm.layers import convert_sync_batchnorm
-
-                model = convert_sync_batchnorm(model)
-            else:
-                model = convert_batchnorm(model)
+            # Ours on every device: torch's SyncBatchNorm reads each layer's counts back from the
+            # GPU (it drops empty shards by a mask), a wait per layer per step; ours reads nothing.
+            model = convert_batchnorm(model)
         model.to(self.device)
         if self.frozen:
             model.backbone.requires_grad_(False)
@@ -233,88 +241,135 @@ class Trainer:
         views = self.cfg.train.cached_views
         view = (torch.randint(0, views + 1, (len(order),), generator=self.generator) if views and self.frozen
                 else torch.zeros(len(order), dtype=torch.long))
-        mine = self.ctx.shard(bs)
         shards = []
         for s in range(self.steps_per_epoch):
-            sel = slice(s * bs + mine.start, s * bs + mine.stop)
+            sel = slice(s * bs, (s + 1) * bs)  # the global batch; each process keeps its part below
             shards.append((order[sel], flips[sel], view[sel]))
         return shards
 
-    def _feature_batches(self, shards: List[Tuple[Tensor, Tensor, Tensor]]) -> Iterator[Tuple[Tensor, Tensor]]:
-        """Cached feature maps of each shard, each image in its drawn view (images skipped as
-        unreadable left out)."""
+    def _planned_sizes(self, shards: List[Tuple[Tensor, Tensor, Tensor]]) -> List[List[int]]:
+        """Images of every process in every step, known on the host: each process's part of the
+        global batch, less the images whose cached maps are missing (unreadable when cached)."""
+        bs = self.cfg.optim.batch_size
+        parts = [self.ctx.shard(bs, rank) for rank in range(self.ctx.world_size)]
+        full = [p.stop - p.start for p in parts]
+        if not (self.frozen and self._missing_rows):
+            return [full for _ in shards]
+        out = []
+        for rows, _, view in shards:
+            found = self._cached_row[view.numpy(), rows.numpy()] >= 0
+            out.append([int(found[p].sum()) for p in parts])
+        return out
+
+    def _cache_index(self) -> None:
+        """For each cached set (plain view, then the augmented ones), the row of every training
+        image in it (-1: missing, as unreadable), on the host; and the sets' maps, where they lie
+        (a run puts them on its GPU: each step's batch is then gathered where it is trained)."""
         sets = [self.features["train"]] + [self.features[f"view{v}"] for v in range(1, self.cfg.train.cached_views + 1)]
-        fit_rows = []  # per view: the row of each training image in that view's set, -1 if unreadable
+        fit = self.data.fit_pos.numpy()
+        rows = []
         for feats in sets:
-            row_of = torch.full((len(self.data.train_labels),), -1, dtype=torch.long)
-            row_of[feats.positions] = torch.arange(len(feats.positions))
-            fit_rows.append(row_of[self.data.fit_pos])
-        fit_rows = torch.stack(fit_rows)
+            row_of = np.full(len(self.data.train_labels), -1, dtype=np.int64)
+            row_of[feats.positions.numpy()] = np.arange(len(feats.positions))
+            rows.append(row_of[fit])
+        self._cached_row = np.stack(rows)  # (1 + views, fit images)
+        self._missing_rows = bool((self._cached_row < 0).any())
+        self._cached_values = [feats.values for feats in sets]
+        self._fit_labels = self.data.train_labels[self.data.fit_pos].to(self.device)
+
+    def _feature_batches(self, shards: List[Tuple[Tensor, Tensor, Tensor]]) -> Iterator[Tuple[Tensor, Tensor]]:
+        """Cached feature maps of this process's part of each shard, each image in its drawn view
+        (images whose maps are missing left out). The indices are worked out on the host; the maps
+        are gathered on the device, with every shape known in advance."""
+        mine = self.ctx.shard(self.cfg.optim.batch_size)
+        first = self._cached_values[0]
         for rows, flip, view in shards:
-            idx = fit_rows[view, rows]
-            readable = idx >= 0
-            rows, idx, flip, view = rows[readable], idx[readable], flip[readable], view[readable]
+            rows, flip, view = rows[mine].numpy(), flip[mine].numpy(), view[mine].numpy()
+            idx = self._cached_row[view, rows]
+            if self._missing_rows:
+                keep = idx >= 0
+                rows, idx, flip, view = rows[keep], idx[keep], flip[keep], view[keep]
             # In the cache's memory layout (channels-last from the backbone): the layout decides the
             # rounding downstream, so runs without views train exactly as before views existed.
-            fmap = torch.empty_like(sets[0].values[:len(idx)], dtype=torch.float32)
-            for v in view.unique().tolist():
-                fmap[view == v] = sets[v].values[idx[view == v]].float()
+            fmap = torch.empty_like(first[:len(idx)], dtype=torch.float32, device=self.device)
+            for v, values in enumerate(self._cached_values):
+                at = np.flatnonzero(view == v)
+                if len(at) == len(idx):  # one view for the whole batch (always so without views)
+                    fmap.copy_(values.index_select(0, _to(idx, values.device)), non_blocking=True)
+                elif len(at):
+                    picked = values.index_select(0, _to(idx[at], values.device))
+                    fmap.index_copy_(0, _to(at, self.device), picked.to(self.device, torch.float32, non_blocking=True))
             if self.cfg.train.feature_flip:
-                fmap[flip] = fmap[flip].flip(-1)
-            yield fmap, self.data.train_labels[self.data.fit_pos[rows]]
+                fmap = torch.where(_to(flip, self.device).view(-1, 1, 1, 1), fmap.flip(-1), fmap)
+            yield fmap, self._fit_labels[_to(rows, self.device)]
+
+    def _loader(self) -> DataLoader:
+        """One DataLoader for every epoch (its workers persist): each epoch sets its batches."""
+        if self._image_loader is None:
+            self._image_loader = DataLoader(SeededItems(self.data.train_aug), batch_sampler=self._epoch_batches,
+                                            collate_fn=collate_skipping_bad,
+                                            **loader_options(self.num_workers, self.device))
+        return self._image_loader
 
     def _image_batches(self, shards: List[Tuple[Tensor, Tensor, Tensor]]) -> Iterator[Tuple[Tensor, Tensor]]:
-        """Augmented images of each shard (images skipped as unreadable left out)."""
-        loader = DataLoader(self.data.train_aug, batch_sampler=[rows.tolist() for rows, _, _ in shards],
-                            num_workers=self.cfg.data.num_workers, collate_fn=collate_skipping_bad)
-        for images, labels, _ in readable_batches(loader, self.data.skipped, self.data.fit_paths):
+        """Augmented images of this process's part of each shard (images skipped as unreadable
+        left out), each augmented with its own seed (:mod:`gdf_pyg.data.loading`)."""
+        mine = self.ctx.shard(self.cfg.optim.batch_size)
+        self._epoch_batches.set_epoch(self.epoch, [rows[mine].tolist() for rows, _, _ in shards])
+        for images, labels, _ in readable_batches(self._loader(), self.data.skipped, self.data.fit_paths):
             if images is None:  # every image of this shard was unreadable
                 size = self.cfg.model.img_size
                 images, labels = torch.empty(0, 3, size, size), torch.empty(0, dtype=torch.long)
             yield images, labels
 
-    def train_batches(self) -> Iterator[Tuple[Tensor, Tensor]]:
-        """``(inputs, labels)`` of this process for every step of one epoch; a shard may be
-        smaller than the others, or empty, where images were unreadable."""
+    def train_batches(self) -> Iterator[Tuple[Tensor, Tensor, List[int]]]:
+        """``(inputs, labels, sizes)`` of this process for every step of one epoch: ``sizes`` are
+        the images of every process in the step, known on the host (``None`` where only the
+        loading found out: unreadable images skipped under several processes). A process's part
+        may be smaller than the others, or empty, where images were unreadable."""
         shards = self._epoch_shards()
-        return self._feature_batches(shards) if self.frozen else self._image_batches(shards)
+        planned = self._planned_sizes(shards)
+        batches = self._feature_batches(shards) if self.frozen else self._image_batches(shards)
+        may_shrink = not self.frozen and self.cfg.data.skip_bad_images
+        for (inputs, labels), sizes in zip(batches, planned):
+            if may_shrink:
+                sizes = [len(labels)] if not self.ctx.active else None
+            yield inputs, labels, sizes
 
     # ---- one step -----------------------------------------------------------------------
-    def _global_count(self, n: int) -> int:
+    def _shard_sizes(self, n: int) -> List[int]:
+        """Every process's image count in this step, exchanged (one read back from the device)."""
         if not self.ctx.active:
-            return n
+            return [n]
         count = torch.tensor([n], dtype=torch.long, device=self.device)
-        dist.all_reduce(count)
-        return int(count)
+        counts = [torch.empty_like(count) for _ in range(self.ctx.world_size)]
+        dist.all_gather(counts, count)
+        return [int(c) for c in counts]
 
-    def backward(self, inputs: Tensor, labels: Tensor) -> Optional[Dict[str, Tensor]]:
+    def backward(self, inputs: Tensor, labels: Tensor, sizes: Optional[List[int]] = None
+                 ) -> Optional[Dict[str, Tensor]]:
         """Forward (under autocast when ``train.amp``), the losses in float32 and backward;
-        the gradients are those of the whole global batch. ``None`` (nothing done, on every
-        process alike) when the global batch holds fewer than 2 images."""
-        if self._global_count(len(labels)) < 2:
+        the gradients are those of the whole global batch. ``sizes``: every process's image count
+        (exchanged when not given). ``None`` (nothing done, on every process alike) when the global
+        batch holds fewer than 2 images. Nothing is read back from the device: the loss terms
+        are checked for NaN when :meth:`train_epoch` reads them."""
+        sizes = self._shard_sizes(len(labels)) if sizes is None else sizes
+        if sum(sizes) < 2:
             log.warning("%s: step %d skipped: fewer than 2 readable images in the batch", self.label, self.step + 1)
             return None
-        inputs, labels = inputs.to(self.device, non_blocking=True), labels.to(self.device)
+        inputs = inputs.to(self.device, non_blocking=True)
+        labels = labels.to(self.device, non_blocking=True)
         with autocast(self.device, self.cfg.train.amp):
             out = self.step_module(inputs, self.frozen)
-        terms = self.losses(out, labels)
-        loss = terms["loss"]
-        if not bool(torch.isfinite(loss)):
-            raise TrainingDivergedError(
-                f"{self.label}: loss is {loss.item()} at epoch {self.epoch + 1}, step {self.step + 1}; "
-                f"the last good checkpoint is kept in {self.out}")
+        terms = self.losses(out, labels, sizes)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if not _all_finite(self.params):
-            raise TrainingDivergedError(
-                f"{self.label}: a gradient is NaN or inf at epoch {self.epoch + 1}, step {self.step + 1}; "
-                f"the last good checkpoint is kept in {self.out}")
+        terms["loss"].backward()
         return terms
 
-    def losses(self, out: GDFOutput, labels: Tensor) -> Dict[str, Tensor]:
-        """The loss terms, in float32, of the model's output."""
+    def losses(self, out: GDFOutput, labels: Tensor, sizes: Optional[List[int]] = None) -> Dict[str, Tensor]:
+        """The loss terms, in float32, of the model's output (``sizes``: every process's rows)."""
         class_logits = None if out.class_logits is None else out.class_logits.float()
-        return self.loss_fn(out.codes.float(), out.logits.float(), labels, class_logits)
+        return self.loss_fn(out.codes.float(), out.logits.float(), labels, class_logits, shard_sizes=sizes)
 
     def optimizer_step(self) -> None:
         if self.cfg.optim.grad_clip > 0:
@@ -334,38 +389,76 @@ class Trainer:
                 if isinstance(module, _BatchNorm):
                     module.eval()
 
+    def _check_finite(self, monitor: "StepMonitor", losses: List[float], weights_finite: bool) -> None:
+        """Stops the run at the first step whose loss was NaN or inf, or when a weight became so."""
+        bad = next((i for i, v in enumerate(losses) if not math.isfinite(v)), None)
+        if bad is not None:
+            weights = "" if weights_finite else " (and the weights are no longer finite)"
+            raise TrainingDivergedError(
+                f"{self.label}: loss is {losses[bad]} at epoch {self.epoch + 1}, step {monitor.first_step + bad}"
+                f"{weights}; the last good checkpoint is kept in {self.out}")
+        if not weights_finite:
+            raise TrainingDivergedError(
+                f"{self.label}: a gradient or weight became NaN or inf at epoch {self.epoch + 1}, in steps "
+                f"{monitor.first_step} to {self.step}; the last good checkpoint is kept in {self.out}")
+
     def train_epoch(self) -> Dict[str, float]:
         """One epoch; returns the mean loss terms, images, seconds, images/s, learning rate and
         ``data_wait``: the fraction of the epoch spent waiting for the next batch (near 1: the
-        data loading, not the model, sets the pace; each step ends in a synchronising read of its
-        losses, so the rest is the model's time)."""
+        data loading, not the model, sets the pace).
+
+        The steps read nothing back from the device: their loss terms are summed where they are
+        computed and read, with a check for NaN and inf, every ``train.log_every`` steps and at the
+        end of the epoch (one read each time). A GPU therefore runs the steps back to back, and the
+        time waited for data is time the host spent in the loader while the device worked on."""
         self._set_train_mode()
+        monitor = StepMonitor()
         sums: Dict[str, float] = {}
         n_images, n_steps, t0 = 0, 0, time.perf_counter()
         batches = self.progress(self.train_batches(), desc=f"{self.label}, epoch {self.epoch + 1}",
                                 total=self.steps_per_epoch)
         waited, asked = 0.0, time.perf_counter()
-        for inputs, labels in batches:
+        for inputs, labels, sizes in batches:
             waited += time.perf_counter() - asked
-            terms = self.backward(inputs, labels)
-            if terms is not None:  # None: a step skipped for want of readable images
-                self.optimizer_step()
-                n_steps += 1
-                n_images += len(labels)
-                for k, v in terms.items():
-                    sums[k] = sums.get(k, 0.0) + float(v.detach())
+            with step_region():
+                terms = self.backward(inputs, labels, sizes)
+                if terms is not None:  # None: a step skipped for want of readable images
+                    self.optimizer_step()
+                    monitor.add(terms, self.step)
+                    n_steps += 1
+                    n_images += sum(sizes) if sizes is not None else len(labels)
+            if len(monitor) >= self.cfg.train.log_every:
+                self._read(monitor, sums)
                 if hasattr(batches, "set_postfix"):
                     # refresh=False: the bar redraws at its own interval, with the step count up to date.
                     batches.set_postfix(loss=f"{sums['loss'] / n_steps:.4f}",
                                         img_s=f"{n_images / (time.perf_counter() - t0):.0f}", refresh=False)
             asked = time.perf_counter()  # a skipped step's work is not time spent waiting for data
+        self._read(monitor, sums)
         elapsed = time.perf_counter() - t0
         # The losses are computed on the global batch: every process holds the same values.
         stats = {k: v / max(n_steps, 1) for k, v in sums.items()}
-        images = self._global_count(n_images)
+        images = n_images if self.frozen or not self.cfg.data.skip_bad_images else self._global_sum(n_images)
         stats.update(images=float(images), seconds=elapsed, images_per_s=images / max(elapsed, 1e-9),
                      data_wait=waited / max(elapsed, 1e-9), lr=float(self.optimizer.param_groups[0]["lr"]))
         return stats
+
+    def _read(self, monitor: "StepMonitor", sums: Dict[str, float]) -> None:
+        """Reads the monitor's sums (one read back) into ``sums`` and checks them."""
+        if not len(monitor):
+            return
+        totals, losses, weights_finite = monitor.read(self.params)
+        self._check_finite(monitor, losses, weights_finite)
+        for k, v in totals.items():
+            sums[k] = sums.get(k, 0.0) + v
+        monitor.reset()
+
+    def _global_sum(self, n: int) -> int:
+        if not self.ctx.active:
+            return n
+        count = torch.tensor([n], dtype=torch.long, device=self.device)
+        dist.all_reduce(count)
+        return int(count)
 
     # ---- evaluation ---------------------------------------------------------------------
     def codes(self, split: str, model: Optional[GDFNet] = None, selection: bool = False) -> EncodedSet:
@@ -380,18 +473,20 @@ class Trainer:
             head = lambda fmap: binarize(model.forward_head(fmap).codes)  # noqa: E731
             return encode_cached(head, self.features[split], self.device, self.ctx,
                                  chunk=SELECTION_CHUNK if selection else None)
-        ds = self.data.train_eval if split == "train" else self.data.test_eval
-        paths = self.data.train_paths if split == "train" else self.data.test_paths
-        return encode_dataset(model.encode, ds, self.cfg.eval.batch_size, self.device, ctx=self.ctx,
-                              num_workers=self.cfg.data.num_workers, progress=self.progress,
-                              desc=f"encode {split}", skipped=self.data.skipped, paths=paths)
+        if split not in self._encoders:  # one loader per split, its workers kept between validations
+            ds = self.data.train_eval if split == "train" else self.data.test_eval
+            paths = self.data.train_paths if split == "train" else self.data.test_paths
+            self._encoders[split] = ImageEncoder(ds, self.eval_batch_size, self.device, ctx=self.ctx,
+                                                 num_workers=self.num_workers, paths=paths)
+        return self._encoders[split](model.encode, progress=self.progress, desc=f"encode {split}",
+                                     skipped=self.data.skipped)
 
     def validation_sets(self, train: EncodedSet) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
         """The validation queries and their database (the rest of the training split) among the
         ``train`` split's codes: ``(query_codes, db_codes, query_labels, db_labels)``."""
-        where = {int(p): i for i, p in enumerate(train.positions)}
-        q = [where[int(p)] for p in self.data.val_pos if int(p) in where]
-        db = [where[int(p)] for p in self.data.fit_pos if int(p) in where]
+        where = {p: i for i, p in enumerate(train.positions.tolist())}
+        q = [where[p] for p in self.data.val_pos.tolist() if p in where]
+        db = [where[p] for p in self.data.fit_pos.tolist() if p in where]
         labels = self.data.train_labels[train.positions]
         return train.values[q], train.values[db], labels[q], labels[db]
 
@@ -419,7 +514,10 @@ class Trainer:
         while self.epoch < cfg.optim.epochs:
             stats = self.train_epoch()
             self.epoch += 1
-            self._select(stats, self.epoch % cfg.train.eval_every == 0 or self.epoch == cfg.optim.epochs)
+            t0 = time.perf_counter()
+            with evaluation_region():
+                self._select(stats, self.epoch % cfg.train.eval_every == 0 or self.epoch == cfg.optim.epochs)
+            stats["val_seconds"] = time.perf_counter() - t0
             stats["epoch"] = float(self.epoch)
             self.history.append(stats)
             if self.ctx.is_main:

@@ -129,3 +129,20 @@ def test_capacity_control_head():
     assert model.feature_dim == 16 + model.backbone.channels
     out = model(torch.randn(4, 3, 64, 64))
     assert out.codes.shape == (4, 12) and out.logits.shape == (4, 3)
+
+
+@pytest.mark.parametrize("kind", ["spatial", "parts"])
+@pytest.mark.parametrize("hash_input", ["features", "posterior"])
+def test_a_training_forward_and_backward_read_nothing_back(kind, hash_input):
+    # What a GPU would wait on: every size comes from the batch layout, never from the data.
+    from gdf_pyg.nn.losses import GDFLoss
+    from gdf_pyg.utils.profiling import count_host_syncs
+
+    model = GDFNet(tiny_config(nodes__kind=kind, nodes__num_parts=6, hash_input=hash_input)).train()
+    images, labels = torch.randn(4, 3, 64, 64), torch.tensor([0, 1, 2, 0])
+    loss_fn = GDFLoss()
+    with count_host_syncs() as count:
+        out = model(images)
+        loss_fn(out.codes, out.logits, labels, out.class_logits)["loss"].backward()
+    assert count.total == 0, count.by_op
+    assert all(p.grad is not None for p in model.head_modules().parameters())

@@ -119,3 +119,28 @@ def test_pooled_mlp_layer_norm_is_per_image_like_the_graph_layers():
     mlp = PooledMLP(8, 16, num_layers=2, norm="layer_norm").eval()
     x = torch.randn(5, 8)
     torch.testing.assert_close(mlp(x)[:2], mlp(x[:2]))
+
+
+@pytest.mark.parametrize("readout", ["mean", "max", "mean_max", "attention"])
+@pytest.mark.parametrize("method", ["knn", "dynamic", "full", "none"])
+def test_a_known_layout_gives_the_same_output_without_reading_back(readout, method):
+    from gdf_pyg.utils.profiling import count_host_syncs
+
+    x, batch, pos = make_batch()
+    x = x.double().requires_grad_()
+    module = GraphAggregation(12, 16, num_layers=2, readout=readout, graph=GraphBuilder(method, k=3)).double()
+    g_ref, h_ref = module(x, batch, pos, num_graphs=3)
+    (grad_ref,) = torch.autograd.grad(g_ref.square().sum(), x)
+    with count_host_syncs() as count:
+        g, h = module(x, batch, pos, nodes_per_graph=10)
+        (grad,) = torch.autograd.grad(g.square().sum(), x)
+    assert count.total == 0, count.by_op
+    torch.testing.assert_close(g, g_ref)
+    torch.testing.assert_close(h, h_ref)
+    torch.testing.assert_close(grad, grad_ref)
+
+
+def test_an_empty_batch_with_a_known_layout():
+    module = GraphAggregation(12, 16, graph=GraphBuilder("dynamic", k=3)).eval()
+    g, h = module(torch.empty(0, 12), torch.empty(0, dtype=torch.long), nodes_per_graph=10)
+    assert g.shape == (0, module.out_channels) and h.shape == (0, 16)

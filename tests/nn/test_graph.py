@@ -265,3 +265,75 @@ def test_graph_construction_keeps_no_autograd_history():
             radius_graph(x, 20.0, batch)
     assert saved == []  # nothing kept for a backward pass (x * 2.0 saves nothing itself)
     assert edges.grad_fn is None and not edges.requires_grad
+
+
+# ---- a known layout: sizes from nodes_per_graph, nothing read back from the device -----------
+@pytest.mark.parametrize("backend", KNN_BACKENDS)
+@pytest.mark.parametrize("loop", [False, True])
+@pytest.mark.parametrize("cosine", [False, True])
+def test_knn_with_nodes_per_graph_equals_knn_with_batch(backend, loop, cosine):
+    x, batch = random_batch([9, 9, 9, 9], 6)
+    if backend == "faiss":
+        x = x.float().double()
+    ref = brute_knn(x, 4, batch, loop=loop, cosine=cosine)
+    assert torch.equal(knn_graph(x, 4, nodes_per_graph=9, loop=loop, cosine=cosine, backend=backend), ref)
+    assert torch.equal(knn_graph(x, 4, batch, loop=loop, cosine=cosine, backend=backend), ref)
+
+
+def test_nodes_per_graph_errors():
+    x, _ = random_batch([5, 5], 3)
+    with pytest.raises(ValueError, match="nodes_per_graph=3 does not divide the 10 nodes"):
+        knn_graph(x, 2, nodes_per_graph=3)
+    with pytest.raises(ValueError, match="k=5 needs at least 6 nodes in every graph"):
+        knn_graph(x, 5, nodes_per_graph=5)
+    with pytest.raises(ValueError, match="nodes_per_graph must be a positive integer, got 0"):
+        knn_graph(x, 2, nodes_per_graph=0)
+
+
+@pytest.mark.parametrize("method", ["knn", "dynamic", "spatial_knn", "full", "none", "grid"])
+def test_builder_with_a_known_layout_reads_nothing_back(method):
+    from gdf_pyg.utils.profiling import count_host_syncs
+
+    x, batch = offset_features(graphs=3, nodes=16, dim=32)
+    pos = torch.rand(16, 2).repeat(3, 1)
+    build = GraphBuilder(method, k=4)
+    ref = build(x, batch, pos, (4, 4))
+    with count_host_syncs() as count:
+        edges = build(x, batch, pos, (4, 4), nodes_per_graph=16)
+    assert count.total == 0, count.by_op
+    assert torch.equal(edges, ref)
+    degree = build.regular_degree(16)
+    if degree is not None:  # grouped by centre, every node the same in-degree
+        assert torch.equal(edges[1], torch.arange(48).repeat_interleave(degree))
+
+
+def test_fully_connected_with_a_layout_and_mixed_sizes():
+    batch = torch.tensor([0, 0, 0, 1, 1, 1, 2, 2])
+    ei = fully_connected_graph(8, batch)
+    same = batch[:, None] == batch[None]
+    same.fill_diagonal_(False)
+    assert set(map(tuple, ei.t().tolist())) == {(int(j), int(i)) for i, j in same.nonzero().tolist()}
+    assert bool((ei[1][1:] >= ei[1][:-1]).all())  # grouped by centre
+    uniform = fully_connected_graph(9, nodes_per_graph=3, loop=True)
+    assert torch.equal(uniform, fully_connected_graph(9, torch.arange(3).repeat_interleave(3), loop=True))
+    assert uniform.size(1) == 27
+
+
+def test_dense_knn_chunks_features_of_large_graphs(monkeypatch):
+    import gdf_pyg.nn.graph as graph
+
+    x, batch = offset_features(graphs=5, nodes=30, dim=16)
+    ref = knn_graph(x.double(), 5, batch)
+    monkeypatch.setattr(graph, "FEATURE_CHUNK_BYTES", 30 * 16 * 4 * 2)  # two graphs per chunk
+    assert torch.equal(knn_graph(x, 5, batch), ref)
+    assert torch.equal(knn_graph(x, 5, nodes_per_graph=30), ref)
+
+
+def test_dense_knn_over_many_positions_equals_the_float64_graph():
+    # Thousands of 2-D points: neighbours closer together than float32 resolves in the expanded
+    # score |c_i|^2 - d^2, re-ranked from the coordinates' differences.
+    g = torch.Generator().manual_seed(4096 * 1000 + 82)
+    x = torch.randn(2 * 2048, 2, generator=g)
+    batch = torch.arange(2).repeat_interleave(2048)
+    assert torch.equal(knn_graph(x, 8, batch, backend="dense"), brute_knn(x, 8, batch))
+    assert torch.equal(knn_graph(x, 8, nodes_per_graph=2048, backend="dense"), brute_knn(x, 8, batch))

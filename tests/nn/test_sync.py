@@ -11,24 +11,35 @@ ROWS = (5, 3)
 
 
 def _gather(rank, world, rows):
-    x = torch.arange(rows[rank] * 2, dtype=torch.float32).view(-1, 2) + 100 * rank
-    x.requires_grad_(True)
-    out = all_gather_cat(x)
-    weights = torch.arange(out.numel(), dtype=torch.float32).view_as(out)
-    (out * weights).sum().backward()  # every process computes the same loss of the whole batch
-    return out.detach(), x.grad
+    results = []
+    for known in (None, rows):  # shapes exchanged, or every process's rows given by the caller
+        x = torch.arange(rows[rank] * 2, dtype=torch.float32).view(-1, 2) + 100 * rank
+        x.requires_grad_(True)
+        out = all_gather_cat(x, known)
+        weights = torch.arange(out.numel(), dtype=torch.float32).view_as(out)
+        (out * weights).sum().backward()  # every process computes the same loss of the whole batch
+        results.append((out.detach(), x.grad))
+    try:
+        all_gather_cat(torch.zeros(rows[rank] + 1, 2), rows)
+    except ValueError as err:
+        results.append(str(err))
+    return results
 
 
 def test_all_gather_cat_of_unequal_and_empty_shards():
     for rows in ((3, 1), (2, 0), (0, 2)):
-        (out0, g0), (out1, g1) = run_in_processes(_gather, rows)
         expected = torch.cat([torch.arange(n * 2, dtype=torch.float32).view(-1, 2) + 100 * r
                               for r, n in enumerate(rows)])
-        assert torch.equal(out0, expected) and torch.equal(out1, expected)
-        # Each process receives the sum over processes of d(loss)/d(its rows): 2x the weights,
-        # which DDP's average over 2 processes turns back into the single-process gradient.
         weights = torch.arange(expected.numel(), dtype=torch.float32).view_as(expected)
-        assert torch.equal(g0, 2 * weights[: rows[0]]) and torch.equal(g1, 2 * weights[rows[0]:])
+        for rank, (exchanged, given, error) in enumerate(run_in_processes(_gather, rows)):
+            for out, grad in (exchanged, given):
+                assert torch.equal(out, expected)
+                # Each process receives the sum over processes of d(loss)/d(its rows): 2x the weights,
+                # which DDP's average over 2 processes turns back into the single-process gradient.
+                start = sum(rows[:rank])
+                assert torch.equal(grad, 2 * weights[start:start + rows[rank]])
+            assert error == (f"all_gather_cat: rows {list(rows)} do not match this process's {rows[rank] + 1} rows "
+                             f"(rank {rank} of 2)")
 
 
 def _features(n=8, channels=6):

@@ -74,15 +74,15 @@ def test_nan_stops_with_step_and_keeps_last_good_checkpoint(tmp_path, folder_roo
     calls = {"n": 0}
     original = losses.GDFLoss.forward
 
-    def poisoned(self, codes, logits, labels, class_logits=None):
+    def poisoned(self, codes, logits, labels, class_logits=None, shard_sizes=None):
         calls["n"] += 1
-        out = original(self, codes, logits, labels, class_logits)
+        out = original(self, codes, logits, labels, class_logits, shard_sizes)
         if calls["n"] == 3:  # the first step of epoch 2 (2 steps per epoch)
             out["loss"] = out["loss"] * float("nan")
         return out
 
     monkeypatch.setattr(losses.GDFLoss, "forward", poisoned)
-    with pytest.raises(TrainingDivergedError, match=r"12 bits: loss is nan at epoch 2, step 3; the last good checkpoint"):
+    with pytest.raises(TrainingDivergedError, match=r"12 bits: loss is nan at epoch 2, step 3 \(and the weights are no longer finite\); the last good checkpoint"):
         train(cfg, tmp_path / "run")
     assert load_checkpoint(tmp_path / "run" / "bits12" / "last.pt")["epoch"] == 1
 

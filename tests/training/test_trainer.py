@@ -172,3 +172,46 @@ def test_posterior_head_trains_its_class_classifier(tmp_path, folder_root):
                                                                                     torch.tensor([0, 1, 2, 0])))
     terms["posterior"].backward()
     assert trainer.model.head.class_classifier.weight.grad.abs().sum() > 0
+
+
+def test_augmentations_do_not_depend_on_the_workers_and_workers_persist(tmp_path, folder_root):
+    epochs = {}
+    for workers in (0, 2):
+        cfg = TrainConfig.load(overrides=[f"data.root={folder_root}", *TINY, f"data.num_workers={workers}"])
+        trainer = image_trainer(cfg, tmp_path)
+        torch.manual_seed(1)  # the trainer's own generators are left alone by loading
+        draws = []
+        for epoch in range(2):
+            trainer.epoch = epoch
+            draws.append([(images, labels, sizes) for images, labels, sizes in trainer.train_batches()])
+            if workers:
+                if epoch == 0:
+                    first = (trainer._image_loader, trainer._image_loader._iterator._workers)
+                else:  # the same loader and the same worker processes serve the next epoch
+                    assert trainer._image_loader is first[0] and trainer._image_loader._iterator._workers == first[1]
+        epochs[workers] = draws, torch.rand(1)
+    (zero, after0), (two, after2) = epochs[0], epochs[2]
+    assert torch.equal(after0, after2)
+    for a_epoch, b_epoch in zip(zero, two):
+        for (a, la, sa), (b, lb, sb) in zip(a_epoch, b_epoch):
+            assert torch.equal(a, b) and torch.equal(la, lb) and sa == sb == [len(la)]
+    assert not torch.equal(zero[0][0][0], zero[1][0][0])  # epochs draw anew
+
+
+def test_a_run_records_its_eval_batch_and_validation_time(tmp_path, folder_root):
+    import json
+
+    import yaml
+
+    cfg = TrainConfig.load(overrides=[f"data.root={folder_root}", *TINY, "optim.epochs=2", "train.eval_every=2"])
+    assert cfg.eval.batch_size == "auto" and cfg.data.num_workers == "auto"
+    train(cfg, tmp_path)
+    saved = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    assert saved["eval"]["batch_size"] == 8  # chosen for the CPU, recorded for gdf-pyg eval
+    assert saved["data"]["num_workers"] == "auto"  # chosen again wherever the run continues
+    history = load_checkpoint(tmp_path / "bits12" / "last.pt")["history"]
+    assert ["val_map" in h for h in history] == [False, True]  # validated every 2 epochs
+    result = json.loads((tmp_path / "bits12" / "result.json").read_text())
+    validation = sum(h["val_seconds"] for h in history)
+    assert validation > 0 and result["validation_seconds"] == pytest.approx(validation)
+    assert result["validation_fraction"] == pytest.approx(validation / (validation + result["train_seconds"]))
