@@ -126,11 +126,24 @@ def write_results(folder: Path, name: str, title: str, body: str, rows: Sequence
     return md
 
 
-def base_parser(description: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+def append_ledger(path: Path, record: Dict[str, Any]) -> List[Dict[str, Any]]:
+    """Appends ``record`` to the ledger at ``path`` (one JSON object per line), numbered as its
+    next round, and returns every record, oldest first."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+    record = {"round": len(records) + 1, **record}
+    with path.open("a") as f:
+        f.write(json.dumps(record) + "\n")
+    return [*records, record]
+
+
+def base_parser(description: str, script: str) -> argparse.ArgumentParser:
+    """The options every benchmark takes; its results go to ``benchmarks/results/<script>/``."""
+    p = argparse.ArgumentParser(prog=f"python -m benchmarks.{script}", description=description,
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--quick", action="store_true", help="tiny sizes, seconds (used by the tests)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--results", type=Path, default=RESULTS, help="folder for the markdown, JSON and PNG results")
+    p.add_argument("--results", type=Path, default=RESULTS / script, help="folder for the markdown, JSON and PNG results")
     return p
 
 
@@ -155,10 +168,11 @@ def resolve(device: str) -> torch.device:
 
 
 def command_line(argv: Optional[Sequence[str]], script: str) -> str:
+    """The command that reproduces a result, as typed in the repository's root."""
     import sys
 
     args = list(sys.argv[1:] if argv is None else argv)
-    return " ".join(["python", f"benchmarks/{script}", *args])
+    return " ".join(["python -m", f"benchmarks.{script}", *args])
 
 
 def barh_plot(labels: Sequence[str], values: Sequence[float], xlabel: str, path: Path, title: str = "",

@@ -4,19 +4,22 @@ Each candidate (overrides of the cpu preset) trains through the library on the c
 features of the frozen ImageNet EfficientNet-Lite0, all code lengths as heads of one shared
 encoder, and reports the **validation** mAP@all (ties averaged) of each code length at its best
 epoch: the number defaults are chosen by. The test split is not looked at (``--test`` adds it,
-for the record, after the choice).
+for the record, after the choice). Each run is a round appended to ``results/defaults/ledger.jsonl``
+(version, date, command, rows), and ``results/defaults/defaults.md`` is generated from the ledger.
 """
 from __future__ import annotations
 
+import datetime
 import logging
 import statistics
 import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ablation import BITS, DATASETS, LITE0, train_preset  # noqa: E402
-from common import base_parser, command_line, markdown_table, write_results  # noqa: E402
+import gdf_pyg
+
+from .common import append_ledger, base_parser, command_line, markdown_table
+from .settings import BITS, DATASETS, LITE0, train_preset
 
 
 CANDIDATES: Dict[str, List[str]] = {
@@ -39,8 +42,29 @@ def evaluate(dataset: List[str], overrides: List[str], seed: int, epochs: int, c
     return row
 
 
+LEDGER = "ledger.jsonl"
+
+
+def render(records: List[Dict[str, object]]) -> str:
+    """The markdown of every round of the ledger, oldest first: its version, date and command(s),
+    then its table (rounds recorded before the ledger keep the text they were written with)."""
+    parts = ["# Choosing defaults on validation data\n\nEvery round of `python -m benchmarks.defaults`, oldest "
+             "first, generated from `ledger.jsonl` (one record per round: version, date, command, rows). "
+             "Validation mAP@all (ties averaged) at each code length's best epoch; the test split is not "
+             "looked at to choose.\n"]
+    for r in records:
+        head = f"## Round {r['round']}: {r['dataset']}, version {r['version']}, {r['date']}"
+        if "markdown" in r:
+            body = str(r["markdown"])
+        else:
+            body = (f"Command: `{r['command']}`\n\n{r['description']}\n\n"
+                    + markdown_table(r["rows"], list(r["columns"])))
+        parts.append(f"{head}\n\n{body}\n")
+    return "\n".join(parts)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    p = base_parser(__doc__.splitlines()[0])
+    p = base_parser(__doc__.splitlines()[0], "defaults")
     p.add_argument("--dataset", default="flowers102", choices=list(DATASETS))
     p.add_argument("--candidates", nargs="+", default=list(CANDIDATES), help="names of CANDIDATES, or key=value lists "
                                                                              "joined with commas")
@@ -60,12 +84,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}, flush=True)
     columns = ["candidate", *[f"val {b}" for b in BITS], "val mean", "epochs chosen", "s"]
     columns += [f"test {b}" for b in BITS] if args.test else []
-    name = f"defaults_{args.dataset}_seed{args.seed}"
-    body = (f"{args.dataset}, seed {args.seed}, {args.epochs} epochs, shared encoder, frozen Lite0 at the preset's "
-            "size; validation mAP@all (ties averaged) at each code length's best epoch.\n\n" + markdown_table(rows, columns))
-    md = write_results(args.results, name, "Choosing defaults on validation data", body, rows, command_line(argv, "defaults.py"))
-    print(body)
-    print(f"\nwritten: {md}")
+    description = (f"{args.dataset}, seed {args.seed}, {args.epochs} epochs, shared encoder, frozen Lite0 at the "
+                   "preset's size.")
+    records = append_ledger(args.results / LEDGER, {
+        "dataset": args.dataset, "seed": args.seed, "version": gdf_pyg.__version__, "date": datetime.date.today().isoformat(),
+        "command": command_line(argv, "defaults"), "description": description, "columns": columns, "rows": rows})
+    md = args.results / "defaults.md"
+    md.write_text(render(records))
+    print(markdown_table(rows, columns))
+    print(f"\nround {records[-1]['round']} appended to {args.results / LEDGER}; written: {md}")
     return 0
 
 

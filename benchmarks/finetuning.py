@@ -35,9 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ablation import BITS, DATASETS, LITE0, QUICK_DATASET, SHARED, dataset_overrides  # noqa: E402
-from common import base_parser, command_line, markdown_table, slug, write_results  # noqa: E402
+from .common import base_parser, command_line, markdown_table, slug, write_results
+from .settings import BITS, DATASETS, LITE0, QUICK_DATASET, SHARED, dataset_overrides
 
 
 @dataclass(frozen=True)
@@ -167,7 +166,7 @@ def run_all(dataset: str, names: List[str], seeds: List[int], done: set, overrid
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    p = base_parser(__doc__.splitlines()[0])
+    p = base_parser(__doc__.splitlines()[0], "finetuning")
     p.add_argument("--dataset", default="flowers102", choices=list(DATASETS))
     p.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES), metavar="RECIPE",
                    help=f"recipes to run besides the frozen model (default: all): {list(RECIPES)}")
@@ -223,7 +222,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             "each run chose; K bits: test mAP@all (ties averaged); mean ± sd over seeds; (gap to the frozen model), "
             "and whether it exceeds 2 sd; train images/s and data wait (the fraction of a training epoch spent waiting for "
             "the next batch) of the first code length's training.\n\n" + markdown_table(rows, columns))
-    md = write_results(args.results, stem, "Fine-tuning against the frozen backbone", body, rows, command_line(argv, "finetuning.py"))
+    md = write_results(args.results, stem, "Fine-tuning against the frozen backbone", body, rows, command_line(argv, "finetuning"))
     print(body)
     print(f"\nwritten: {md}")
     failed = [f"{r['recipe']}, seed {r['seed']}" for r in records if "error" in r]

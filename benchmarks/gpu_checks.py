@@ -17,11 +17,10 @@ from typing import List, Optional, Sequence, Tuple
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import base_parser, command_line, device_label, resolve, slug, write_results  # noqa: E402
+from gdf_pyg.cli import main as cli
+from gdf_pyg.nn.graph import knn_graph
 
-from gdf_pyg.cli import main as cli  # noqa: E402
-from gdf_pyg.nn.graph import knn_graph  # noqa: E402
+from .common import base_parser, command_line, device_label, resolve, slug, write_results
 
 TINY = ["data.dataset=synthetic", "data.synthetic.num_classes=6", "data.synthetic.train_per_class=8",
         "data.synthetic.test_per_class=3", "model.backbone.name=test_efficientnet", "model.backbone.pretrained=false",
@@ -80,13 +79,13 @@ def train_eval_checks(device: torch.device) -> List[Tuple[str, bool]]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = base_parser(__doc__.splitlines()[0]).parse_args(argv)
+    args = base_parser(__doc__.splitlines()[0], "gpu_checks").parse_args(argv)
     device = resolve(args.device)
     checks = graph_checks(device) + train_eval_checks(device)
     lines = [f"- {'PASS' if ok else 'FAIL'}: {text}" for text, ok in checks]
     name = "gpu_checks" + ("" if device.type == "cpu" else f"_{slug(device_label(device))}")
     md = write_results(args.results, name, f"Mixed-precision checks on {device_label(device)}", "\n".join(lines),
-                       [{"check": text, "passed": ok} for text, ok in checks], command_line(argv, "gpu_checks.py"))
+                       [{"check": text, "passed": ok} for text, ok in checks], command_line(argv, "gpu_checks"))
     print(md.read_text())
     return 0 if all(ok for _, ok in checks) else 1
 

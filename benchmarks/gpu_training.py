@@ -34,25 +34,25 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import base_parser, barh_plot, command_line, device_label, markdown_table, resolve, slug, write_results  # noqa: E402
+from gdf_pyg.data.loading import loader_options, resolve_eval_batch_size, resolve_num_workers
+from gdf_pyg.data.records import collate_skipping_bad
+from gdf_pyg.engine.amp import autocast
+from gdf_pyg.engine.checkpoint import load_checkpoint
+from gdf_pyg.models.gdfnet import GDFNet
+from gdf_pyg.nn.backbone import image_config_of
+from gdf_pyg.presets import load_preset_dict
+from gdf_pyg.training import train
+from gdf_pyg.training.config import TrainConfig
+from gdf_pyg.training.run import cached_features
+from gdf_pyg.training.run_data import build_run_data
+from gdf_pyg.training.trainer import Trainer, model_config_for
+from gdf_pyg.utils.profiling import count_host_syncs
 
-from gdf_pyg.data.loading import loader_options, resolve_eval_batch_size, resolve_num_workers  # noqa: E402
-from gdf_pyg.data.records import collate_skipping_bad  # noqa: E402
-from gdf_pyg.models.gdfnet import GDFNet  # noqa: E402
-from gdf_pyg.presets import load_preset_dict  # noqa: E402
-from gdf_pyg.training import train  # noqa: E402
-from gdf_pyg.training.amp import autocast  # noqa: E402
-from gdf_pyg.training.checkpoint import load_checkpoint  # noqa: E402
-from gdf_pyg.training.config import TrainConfig  # noqa: E402
-from gdf_pyg.training.run import cached_features  # noqa: E402
-from gdf_pyg.training.run_data import build_run_data  # noqa: E402
-from gdf_pyg.training.trainer import model_config_for  # noqa: E402
-from gdf_pyg.utils.profiling import count_host_syncs  # noqa: E402
+from .common import barh_plot, base_parser, command_line, device_label, markdown_table, resolve, slug, write_results
+from .settings import LITE0, SHARED
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+
 PHOTOS = SHARED / "data" / "flowers102"
-LITE0_WEIGHTS = SHARED / "weights" / "tf_efficientnet_lite0.in1k.safetensors"
 # (classes, epochs, batch) of the photos trained on: a card's minutes, the CPU's, the tests' seconds.
 SIZES = {"cuda": (25, 4, 32), "cpu": (8, 3, 16), "quick": (3, 2, 8)}
 
@@ -214,12 +214,9 @@ def host_syncs_per_step(preset: str, overrides: List[str], out: Path) -> Dict[st
 
 def sync_debug_check(cfg: TrainConfig, device: torch.device) -> str:
     """Steady-state steps under ``torch.cuda.set_sync_debug_mode("error")``: ``"pass"`` or the error."""
-    from gdf_pyg.training.trainer import Trainer
-
-    model = GDFNet(model_config_for(cfg, 48, 2))
-    data = build_run_data(cfg, model.image_config)
+    data = build_run_data(cfg, image_config_of(cfg.model.backbone.name, cfg.model.img_size))
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = Trainer(cfg, 48, data, Path(tmp), device)
+        trainer = Trainer.from_config(cfg, 48, data, Path(tmp), device)
         trainer._set_train_mode()
         batches = list(zip(range(4), trainer.train_batches()))
         for _, (inputs, labels, sizes) in batches[:2]:  # warm-up: lazy initialisation may synchronise
@@ -244,12 +241,12 @@ def cache_against_loader(overrides: List[str], device: torch.device, out: Path, 
     evaluation loader alone over the same photos."""
     cfg = TrainConfig.load(preset="cpu", overrides=[*overrides, "train.frozen_backbone=true"])
     probe = GDFNet(model_config_for(cfg, 48, 2)).to(device).eval()
-    data = build_run_data(cfg, probe.image_config)
+    data = build_run_data(cfg, image_config_of(cfg.model.backbone.name, cfg.model.img_size))
     workers = resolve_num_workers(cfg.data.num_workers, device)
     batch = resolve_eval_batch_size(cfg.eval.batch_size, device, cfg.model.img_size)
     loader = loader_images_per_s(data.train_eval, batch, workers, device, limit)
     t0 = time.perf_counter()
-    sets = cached_features(cfg, data, probe, device, out)
+    sets = cached_features(cfg, data, probe.backbone, device, out)
     seconds = time.perf_counter() - t0
     images = len(sets["train"].values) + len(sets["test"].values)
     return {"eval loader images/s": loader, "feature cache images/s": images / seconds,
@@ -257,9 +254,9 @@ def cache_against_loader(overrides: List[str], device: torch.device, out: Path, 
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = base_parser(__doc__)
+    parser = base_parser(__doc__, "gpu_training")
     parser.add_argument("--photos", type=Path, default=PHOTOS, help="image folder, one sub-folder per class")
-    parser.add_argument("--weights", type=Path, default=LITE0_WEIGHTS if LITE0_WEIGHTS.is_file() else None,
+    parser.add_argument("--weights", type=Path, default=LITE0 if LITE0.is_file() else None,
                         help="EfficientNet-Lite0 ImageNet weights (CPU runs and the cpu preset)")
     args = parser.parse_args(argv)
     device = resolve(args.device)
@@ -286,7 +283,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"done: {preset}", flush=True)
             if preset == "paper":
                 workers = resolve_num_workers(cfg.data.num_workers, device)
-                data = build_run_data(cfg, GDFNet(model_config_for(cfg, 48, 2)).image_config)
+                data = build_run_data(cfg, image_config_of(cfg.model.backbone.name, cfg.model.img_size))
                 limit = 64 if args.quick else 600
                 loaders = {"train loader images/s": loader_images_per_s(data.train_aug, batch, workers, device, limit),
                            "eval loader images/s": loader_images_per_s(data.train_eval, batch, workers, device, limit),
@@ -314,7 +311,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     name = "gpu_training" + ("_quick" if args.quick else "") + "_" + slug(label if device.type == "cuda" else "cpu")
     data_out = rows + [{"loaders": loaders, "feature_cache": cache, "sync_debug": checks}]
     md = write_results(args.results, name, "GDF-Net training at the device's speed", body, data_out,
-                       command_line(argv, "gpu_training.py"))
+                       command_line(argv, "gpu_training"))
     barh_plot([f"{r['preset']}" for r in rows] + [f"bare {r['backbone']}" for r in rows],
               [r["images/s"] for r in rows] + [r["bare backbone images/s"] for r in rows],
               "training images/s", args.results / f"{name}.png", label)

@@ -13,15 +13,14 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (  # noqa: E402
+from gdf_pyg.nn.graph import fully_connected_graph, grid_graph, knn_graph, radius_graph, select_backend
+from gdf_pyg.nn.nodes import grid_positions
+from gdf_pyg.utils.optional import has_faiss, has_torch_cluster
+
+from .common import (
     base_parser, command_line, device_label, markdown_table, peak_memory_mb, pyplot, resolve, slug,
     time_call, write_results,
 )
-
-from gdf_pyg.nn.graph import fully_connected_graph, grid_graph, knn_graph, radius_graph, select_backend  # noqa: E402
-from gdf_pyg.nn.nodes import grid_positions  # noqa: E402
-from gdf_pyg.utils.optional import has_faiss, has_torch_cluster  # noqa: E402
 
 # (nodes per image, images, dims): 7x7 / 14x14 / 28x28 maps, batch 8..64, dims 64..2048.
 FULL_CASES = [
@@ -91,7 +90,7 @@ def run_case(n: int, b: int, d: int, device: torch.device, repeats: int) -> List
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = base_parser(__doc__)
+    parser = base_parser(__doc__, "graph_construction")
     args = parser.parse_args(argv)
     device = resolve(args.device)
     label = device_label(device)
@@ -107,7 +106,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             f"its {HIDDEN}-d features), timed in the same run. Peak MB: "
             + ("CUDA allocator peak." if device.type == "cuda" else "growth of malloc'd bytes, sampled every 0.2 ms.")
             + "\n\n" + markdown_table(rows, columns))
-    md = write_results(args.results, name, "Graph construction cost", body, rows, command_line(argv, "graph_construction.py"))
+    md = write_results(args.results, name, "Graph construction cost", body, rows, command_line(argv, "graph_construction"))
     plot(rows, args.results / f"{name}.png", label)
     print(body)
     print(f"\nwritten: {md}")

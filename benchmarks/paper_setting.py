@@ -18,21 +18,21 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (  # noqa: E402
+from gdf_pyg.engine.checkpoint import load_checkpoint
+from gdf_pyg.training.config import TrainConfig
+from gdf_pyg.training.run import train
+
+from .common import (
     barh_plot, base_parser, command_line, device_label, markdown_table, peak_memory_mb, resolve, slug, write_results,
 )
+from .settings import SHARED
 
-from gdf_pyg.models.gdfnet import GDFNet  # noqa: E402
-from gdf_pyg.training.config import TrainConfig  # noqa: E402
-from gdf_pyg.training.run_data import build_run_data  # noqa: E402
-from gdf_pyg.training.trainer import Trainer, model_config_for  # noqa: E402
 
-FLOWERS = Path(__file__).resolve().parents[2] / "shared" / "data" / "flowers102"
+FLOWERS = SHARED / "data" / "flowers102"
 # (image size, classes, epochs, global batch)
 QUICK = (224, 2, 3, 8)
 FULL = {"cpu": (448, 4, 3, 8), "cuda": (448, 16, 3, 32)}
@@ -51,27 +51,19 @@ def paper_config(data: Path, size: int, classes: int, epochs: int, batch: int, d
     ])
 
 
-def train_epochs(cfg: TrainConfig, device: torch.device) -> List[Dict[str, float]]:
-    probe = GDFNet(model_config_for(cfg, 48, 2))
-    data = build_run_data(cfg, probe.image_config)
+def train_epochs(cfg: TrainConfig, device: torch.device) -> Tuple[List[Dict[str, float]], float]:
+    """A run of ``cfg`` through the library (``gdf_pyg.training.train``): the history of its epochs
+    and the peak memory growth while it ran."""
     with tempfile.TemporaryDirectory() as out:
-        trainer = Trainer(cfg, 48, data, Path(out), device)
-        history = []
-        for epoch in range(cfg.optim.epochs):
-            stats: Dict[str, float] = {}
-            stats["peak_mb"] = peak_memory_mb(lambda: stats.update(trainer.train_epoch()), device)
-            trainer.epoch += 1
-            stats["epoch"] = epoch + 1
-            history.append(stats)
-            print(f"epoch {epoch + 1}: loss {stats['loss']:.4f}, {stats['images_per_s']:.1f} images/s, "
-                  f"peak memory +{stats['peak_mb']:.0f} MB", flush=True)
-    return history
+        peak = peak_memory_mb(lambda: train(cfg, Path(out)), device)
+        history = load_checkpoint(Path(out) / "bits48" / "last.pt")["history"]
+    for h in history:
+        print(f"epoch {int(h['epoch'])}: loss {h['loss']:.4f}, {h['images_per_s']:.1f} images/s", flush=True)
+    return history, peak
 
 
 def cub_synthetic(args, device: torch.device, init: str, argv: Optional[Sequence[str]]) -> None:
     """One epoch of a whole run on a synthetic set of CUB's size."""
-    from gdf_pyg.training.run import train
-
     classes, per_train, per_test, size, batch = CUB_QUICK if args.quick else CUB_SIZED
     backbone = [f"model.backbone.weights_file={args.weights}"] if args.weights else ["model.backbone.pretrained=false"]
     cfg = TrainConfig.load(preset="paper", overrides=[
@@ -95,12 +87,12 @@ def cub_synthetic(args, device: torch.device, init: str, argv: Optional[Sequence
             f"of training, then validation and the final evaluation (float32 codes of all images); backbone from "
             f"{init}. Synthetic images are rendered on the fly by the data workers.\n\n" + markdown_table([row], list(row)))
     md = write_results(args.results, name, "The paper's setting: one epoch on a CUB-sized synthetic set", body,
-                       [{**row, "device": device_label(device), "init": init}], command_line(argv, "paper_setting.py"))
+                       [{**row, "device": device_label(device), "init": init}], command_line(argv, "paper_setting"))
     print(md.read_text())
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
-    p = base_parser(__doc__.splitlines()[0])
+    p = base_parser(__doc__.splitlines()[0], "paper_setting")
     p.add_argument("--data", type=Path, default=FLOWERS, help="image folder, one sub-folder per class")
     p.add_argument("--weights", type=Path, default=None, help="ResNet-50 weights (timm); default: random initialisation")
     p.add_argument("--cub-synthetic", action="store_true", help="one epoch of a whole run on a CUB-sized synthetic set")
@@ -117,25 +109,25 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
           f"batch {batch}, bfloat16 autocast; backbone: {init}", flush=True)
     cfg = paper_config(args.data, size, classes, epochs, batch, args.device, args.weights)
     t0 = time.perf_counter()
-    history = train_epochs(cfg, device)
+    history, peak = train_epochs(cfg, device)
     fell = history[-1]["loss"] < history[0]["loss"]
     rows = [{"epoch": int(h["epoch"]), "loss": h["loss"], "classification": h.get("classification", 0.0),
-             "images/s": h["images_per_s"], "peak memory (MB)": h["peak_mb"]} for h in history]
+             "images/s": h["images_per_s"], "peak memory (MB)": peak} for h in history]
     name = "paper_setting" + ("_quick" if args.quick else "") + ("" if device.type == "cpu" else f"_{slug(device_label(device))}")
     body = (f"{device_label(device)}; ResNet-50 at {size} px, 32 attention parts, dynamic 3-NN graph, two EdgeConv "
             f"layers, fine-tuned backbone, bfloat16 autocast; {classes} classes of `{args.data.name}` "
             f"({int(history[0]['images'])} training images), global batch {batch}, 48 bits; backbone from {init}. "
-            f"Peak memory: growth while the epoch ran ({'CUDA allocator' if device.type == 'cuda' else 'malloc'}). "
+            f"Peak memory: growth while the run ran ({'CUDA allocator' if device.type == 'cuda' else 'malloc'}). "
             f"Wall time {time.perf_counter() - t0:.0f} s.\n\n"
             + markdown_table(rows, list(rows[0])) + f"\n\nLoss fell from epoch 1 to {epochs}: **{'yes' if fell else 'no'}** "
             f"({history[0]['loss']:.4f} -> {history[-1]['loss']:.4f}).")
     md = write_results(args.results, name, "The paper's setting on real photographs", body,
                        [{**r, "loss_fell": fell, "device": device_label(device), "init": init} for r in rows],
-                       command_line(argv, "paper_setting.py"))
+                       command_line(argv, "paper_setting"))
     barh_plot([f"epoch {r['epoch']}" for r in rows], [r["loss"] for r in rows], "training loss",
               args.results / f"{name}.png", "paper setting: loss per epoch")
     print(md.read_text())
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -14,27 +14,25 @@ from __future__ import annotations
 
 import statistics
 import sys
-from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import barh_plot, base_parser, best_of, command_line, device_label, markdown_table, write_results  # noqa: E402
+from gdf_pyg.data.loading import resolve_eval_batch_size
+from gdf_pyg.data.records import ImageRecord
+from gdf_pyg.models.gdfnet import GDFNet, GDFNetConfig
+from gdf_pyg.retrieval.index import HammingIndex, pack_codes
+from gdf_pyg.retrieval.metrics import distance_counts, mean_average_precision
+from gdf_pyg.retrieval.search import encode_records
+from gdf_pyg.training.config import EvalConfig
+from gdf_pyg.utils.optional import has_faiss
 
-from gdf_pyg.data.loading import resolve_eval_batch_size  # noqa: E402
-from gdf_pyg.data.records import ImageRecord  # noqa: E402
-from gdf_pyg.models.gdfnet import GDFNet, GDFNetConfig  # noqa: E402
-from gdf_pyg.retrieval.index import HammingIndex, pack_codes  # noqa: E402
-from gdf_pyg.retrieval.metrics import distance_counts, mean_average_precision  # noqa: E402
-from gdf_pyg.retrieval.search import encode_records  # noqa: E402
-from gdf_pyg.training.config import EvalConfig  # noqa: E402
-from gdf_pyg.utils.optional import has_faiss  # noqa: E402
+from .common import barh_plot, base_parser, best_of, command_line, device_label, markdown_table, write_results
+from .settings import LITE0, SHARED
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+
 FLOWERS = SHARED / "data" / "flowers102"
-LITE0 = SHARED / "weights" / "tf_efficientnet_lite0.in1k.safetensors"
 FULL = {"images": 612, "rounds": 5, "search": (1_000_000, 1000, 64, 100), "map": (5794, 5994, 48)}
 QUICK = {"images": 48, "rounds": 2, "search": (20_000, 50, 64, 100), "map": (300, 400, 48)}
 
@@ -124,7 +122,7 @@ def map_stage(nq: int, nd: int, bits: int) -> List[Dict[str, object]]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = base_parser(__doc__.splitlines()[0]).parse_args(argv)
+    args = base_parser(__doc__.splitlines()[0], "pipeline").parse_args(argv)
     sizes = QUICK if args.quick else FULL
     torch.manual_seed(0)
     rows = encode_stage(sizes["images"], sizes["rounds"]) + search_stage(*sizes["search"]) + map_stage(*sizes["map"])
@@ -133,7 +131,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             "measured in the same run (1.0 = at the floor).\n\n"
             + markdown_table(rows, ["stage", "ours", "floor", "ours / floor", "setting"]))
     name = "pipeline" + ("_quick" if args.quick else "")
-    md = write_results(args.results, name, "Stages against their floors", body, rows, command_line(argv, "pipeline.py"))
+    md = write_results(args.results, name, "Stages against their floors", body, rows, command_line(argv, "pipeline"))
     barh_plot([r["stage"] for r in rows], [r["ours / floor"] for r in rows], "speed as a fraction of the floor",
               args.results / f"{name}.png", label)
     print(body)

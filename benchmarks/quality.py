@@ -18,9 +18,9 @@ import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ablation import BITS, DATASETS, LITE0, run_variant, summarise  # noqa: E402
-from common import base_parser, command_line, markdown_table, write_results  # noqa: E402
+from .common import base_parser, command_line, markdown_table, write_results
+from .settings import BITS, DATASETS, LITE0, run_variant, summarise
+
 
 CONFIGS: Dict[str, List[str]] = {
     "cpu preset before": ["optim.lr=0.002", "loss.quantization=0.1", "loss.label_smoothing=0.0", "model.hash_hidden=0",
@@ -34,7 +34,7 @@ CONFIGS: Dict[str, List[str]] = {
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    p = base_parser(__doc__.splitlines()[0])
+    p = base_parser(__doc__.splitlines()[0], "quality")
     p.add_argument("--dataset", default="flowers102", choices=list(DATASETS))
     p.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     p.add_argument("--seeds", type=int, default=3)
@@ -62,7 +62,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             "of one run (all code lengths, feature cache reused).\n\n"
             + markdown_table(rows, ["variant", *[f"{b} bits" for b in args.bits], "s / run"]))
     md = write_results(args.results, name, "Retrieval quality of the cpu preset", body, rows,
-                       command_line(argv, "quality.py"))
+                       command_line(argv, "quality"))
     print(body)
     print(f"\nwritten: {md}")
     return 0

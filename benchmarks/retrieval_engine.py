@@ -1,6 +1,6 @@
 """Benchmark 3: the retrieval engine.
 
-(a) mAP@all computation time of ``gdf_pyg.metrics.mean_average_precision`` against a
+(a) mAP@all computation time of ``gdf_pyg.retrieval.metrics.mean_average_precision`` against a
 straightforward per-query reference (float64 distances, one query at a time) at CUB size
 (5,794 queries x 5,994 database) and at 50,000 x 50,000, for both tie rules (ties averaged, the
 default, and database order), with the values compared; the reference runs on 1,000 queries and
@@ -13,18 +13,16 @@ from __future__ import annotations
 
 import sys
 import time
-from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import base_parser, barh_plot, best_of, command_line, device_label, markdown_table, resolve, write_results  # noqa: E402
+from gdf_pyg.retrieval.index import HammingIndex, pack_codes
+from gdf_pyg.retrieval.metrics import mean_average_precision
+from gdf_pyg.utils.optional import has_faiss
 
-from gdf_pyg.retrieval.index import HammingIndex, pack_codes  # noqa: E402
-from gdf_pyg.retrieval.metrics import mean_average_precision  # noqa: E402
-from gdf_pyg.utils.optional import has_faiss  # noqa: E402
+from .common import base_parser, barh_plot, best_of, command_line, device_label, markdown_table, resolve, write_results
 
 
 def reference_map(qc: np.ndarray, dc: np.ndarray, ql: np.ndarray, dl: np.ndarray, ties: str) -> float:
@@ -148,7 +146,7 @@ def search_timing(n_db: int, n_q: int, bits: int, k: int, rng: np.random.Generat
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = base_parser(__doc__)
+    parser = base_parser(__doc__, "retrieval_engine")
     args = parser.parse_args(argv)
     device = resolve(args.device)
     rng = np.random.default_rng(0)
@@ -167,7 +165,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                            "same as ours"]))
     name = "retrieval_engine" + ("_quick" if args.quick else "")
     md = write_results(args.results, name, "Retrieval engine", body, map_rows + search_rows,
-                       command_line(argv, "retrieval_engine.py"))
+                       command_line(argv, "retrieval_engine"))
     barh_plot([r["engine"] for r in search_rows], [r["queries/s"] for r in search_rows],
               f"queries/s, top-{search_rows[0]['k']} over {search_rows[0]['database']:,} codes",
               args.results / f"{name}.png", label, log=True)

@@ -17,16 +17,17 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ablation import DATASETS, LITE0, QUICK_DATASET  # noqa: E402
-from common import barh_plot, base_parser, command_line, markdown_table, resolve, write_results  # noqa: E402
+from gdf_pyg.data.loading import resolve_eval_batch_size
+from gdf_pyg.engine.inference import load_model
+from gdf_pyg.retrieval.evaluation import validation_sets
+from gdf_pyg.retrieval.metrics import average_precisions
+from gdf_pyg.training import train
+from gdf_pyg.training.config import TrainConfig
+from gdf_pyg.training.run import cached_features
+from gdf_pyg.training.run_data import build_run_data, run_evaluator
 
-from gdf_pyg.retrieval.metrics import average_precisions  # noqa: E402
-from gdf_pyg.training import train  # noqa: E402
-from gdf_pyg.training.config import TrainConfig  # noqa: E402
-from gdf_pyg.training.run import cached_features, load_model  # noqa: E402
-from gdf_pyg.training.run_data import build_run_data  # noqa: E402
-from gdf_pyg.training.trainer import Trainer  # noqa: E402
+from .common import barh_plot, base_parser, command_line, markdown_table, resolve, write_results
+from .settings import DATASETS, LITE0, QUICK_DATASET
 
 COLUMNS = ["bits", "val mAP", "code classifier wrong", "AP right", "AP wrong", "lost: AP < 0.2", "lost: 0.2-0.8",
            "lost: AP >= 0.8", "codes per class", "codes of 2+ classes", "class code gap"]
@@ -54,11 +55,12 @@ def diagnose(run: Path, cache: Path, device: torch.device) -> List[Dict[str, obj
     data = build_run_data(cfg, probe.image_config, run)
     if not len(data.val_pos):
         raise SystemExit(f"{run}: the run has no validation split (data.val_fraction=0)")
-    features = cached_features(cfg, data, probe, device, cache) if cfg.train.frozen_backbone else None
+    features = cached_features(cfg, data, probe.backbone, device, cache) if cfg.train.frozen_backbone else None
+    batch = resolve_eval_batch_size(cfg.eval.batch_size, device, cfg.model.img_size)
+    evaluator = run_evaluator(data, device, batch, features=features)
     rows = []
     for bits, model in models.items():
-        trainer = Trainer(cfg, bits, data, run / "diagnosis", device, features)
-        q, db, ql, dbl = trainer.validation_sets(trainer.codes("train", model))
+        q, db, ql, dbl = validation_sets(evaluator.codes(model, "train"), data.train_labels, data.val_pos, data.fit_pos)
         ap = average_precisions(q, db, ql, dbl)
         with torch.no_grad():
             right = (model.head.classifier(q.to(device)).argmax(1).cpu() == ql).numpy()
@@ -81,7 +83,7 @@ def diagnose(run: Path, cache: Path, device: torch.device) -> List[Dict[str, obj
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    p = base_parser(__doc__.splitlines()[0])
+    p = base_parser(__doc__.splitlines()[0], "short_codes")
     p.add_argument("--dataset", default="flowers102", choices=list(DATASETS))
     p.add_argument("--run", type=Path, help="a finished run (default: runs/short_codes_<dataset>_s<seed>, trained "
                                             "with the cpu preset if missing)")
@@ -111,7 +113,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             "gap': bits from a class's most frequent database code to the nearest other class's (min / median / "
             "max over classes).\n\n"
             + markdown_table(rows, COLUMNS))
-    md = write_results(args.results, name, "Where short codes lose mAP", text, rows, command_line(argv, "short_codes.py"))
+    md = write_results(args.results, name, "Where short codes lose mAP", text, rows, command_line(argv, "short_codes"))
     barh_plot([f"{r['bits']} bits" for r in rows], [r["val mAP"] for r in rows], "validation mAP@all",
               args.results / f"{name}.png", "validation mAP per code length")
     print(text)

@@ -9,21 +9,19 @@ backbone's own forward and backward.
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (  # noqa: E402
+from gdf_pyg import GDFNet, GDFNetConfig
+from gdf_pyg.engine.amp import autocast
+from gdf_pyg.nn.losses import GDFLoss
+
+from .common import (
     barh_plot, base_parser, command_line, device_label, markdown_table, peak_memory_mb, resolve, slug, time_call,
     write_results,
 )
-
-from gdf_pyg import GDFNet, GDFNetConfig  # noqa: E402
-from gdf_pyg.nn.losses import GDFLoss  # noqa: E402
-from gdf_pyg.training.amp import autocast  # noqa: E402
 
 FULL = [
     # backbone, image size, batch, GDF variants (overrides of the model config)
@@ -104,7 +102,7 @@ def measure(backbone: str, size: int, batch: int, variants: Dict[str, Dict], dev
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = base_parser(__doc__)
+    parser = base_parser(__doc__, "training_throughput")
     parser.add_argument("--amp", action="store_true", help="bfloat16 autocast (the losses stay in float32)")
     args = parser.parse_args(argv)
     device = resolve(args.device)
@@ -122,7 +120,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                     "head fwd+bwd ms", "head / backbone fwd+bwd"]))
     name = ("training_throughput" + ("_quick" if args.quick else "") + ("_amp" if args.amp else "")
             + ("" if device.type == "cpu" else "_" + slug(label)))
-    md = write_results(args.results, name, "Training throughput", body, rows, command_line(argv, "training_throughput.py"))
+    md = write_results(args.results, name, "Training throughput", body, rows, command_line(argv, "training_throughput"))
     barh_plot([f"{r['backbone']} {r['image px']}px b{r['batch']}: {r['model']}" for r in rows],
               [r["images/s"] for r in rows], "training images/s", args.results / f"{name}.png", label)
     print(body)

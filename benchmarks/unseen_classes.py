@@ -24,15 +24,14 @@ import tempfile
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ablation import BITS, DATASETS, LITE0, QUICK_DATASET, SHARED, dataset_overrides, preset_config  # noqa: E402
-from common import barh_plot, base_parser, command_line, markdown_table, write_results  # noqa: E402
+from gdf_pyg.cli import main as cli
+from gdf_pyg.data.synthetic import SyntheticConfig, SyntheticFineGrained
+from gdf_pyg.retrieval.search import IMAGE_SUFFIXES
+from gdf_pyg.training.config import TrainConfig
+from gdf_pyg.training.run import train
 
-from gdf_pyg.cli import main as cli  # noqa: E402
-from gdf_pyg.data.synthetic import SyntheticConfig, SyntheticFineGrained  # noqa: E402
-from gdf_pyg.retrieval.search import IMAGE_SUFFIXES  # noqa: E402
-from gdf_pyg.training.config import TrainConfig  # noqa: E402
-from gdf_pyg.training.run import train  # noqa: E402
+from .common import barh_plot, base_parser, command_line, markdown_table, write_results
+from .settings import BITS, DATASETS, LITE0, QUICK_DATASET, SHARED, dataset_overrides, preset_config
 
 CONFIGS: Dict[str, List[str]] = {
     "hash layer on the features (cpu preset 0.5)": ["model.hash_input=features"],
@@ -99,7 +98,7 @@ def run(base: List[str], overrides: List[str], folders: Path, seed: int, epochs:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    p = base_parser(__doc__.splitlines()[0])
+    p = base_parser(__doc__.splitlines()[0], "unseen_classes")
     p.add_argument("--dataset", default="flowers102", choices=list(DATASETS))
     p.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     p.add_argument("--unseen-fraction", type=float, default=0.2, help="fraction of the species held out of training")
@@ -148,7 +147,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             "test mAP@all (ties averaged) on the seen species' test split (seen) and on the held-out species (unseen).\n\n"
             + markdown_table(rows, columns))
     md = write_results(args.results, name, "Retrieval of classes never seen in training", body, rows,
-                       command_line(argv, "unseen_classes.py"))
+                       command_line(argv, "unseen_classes"))
     barh_plot([f"{r['config']}, {b} bits" for r in rows for b in bits],
               [statistics.mean(r[f"_unseen {b}"]) for r in rows for b in bits], "mAP@all on the unseen species",
               args.results / f"{name}.png", f"{args.dataset if not args.quick else 'quick'}: species never trained on")

@@ -125,8 +125,7 @@ def _eval_run_data(args: argparse.Namespace, ckpt: Path, model, state, batch_siz
 
     from .data.loading import resolve_num_workers
     from .training.config import TrainConfig
-    from .training.encoding import encode_dataset
-    from .training.run_data import build_run_data, check_identity
+    from .training.run_data import build_run_data, check_identity, run_evaluator
     from .utils.config_io import apply_overrides
 
     cfg = TrainConfig.from_dict(apply_overrides(state["config"], args.overrides))
@@ -135,19 +134,18 @@ def _eval_run_data(args: argparse.Namespace, ckpt: Path, model, state, batch_siz
     if not args.resplit and not args.overrides:
         check_identity(run_dir, data)
     device = torch.device(args.device)
-    opts = dict(num_workers=resolve_num_workers(cfg.data.num_workers, device), progress=progress, skipped=data.skipped)
-    db_set = encode_dataset(model.encode, data.train_eval, batch_size, device, desc="encode database",
-                            paths=data.train_paths, **opts)
-    q_set = encode_dataset(model.encode, data.test_eval, batch_size, device, desc="encode queries",
-                           paths=data.test_paths, **opts)
-    return (q_set.values, data.test_labels[q_set.positions], db_set.values, data.train_labels[db_set.positions],
+    evaluator = run_evaluator(data, device, batch_size, num_workers=resolve_num_workers(cfg.data.num_workers, device),
+                              progress=progress)
+    queries, database = evaluator.codes(model, "test"), evaluator.codes(model, "train")
+    return (queries.values, evaluator.labels("test", queries), database.values, evaluator.labels("train", database),
             data.name, data.num_classes, data.skipped)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from .engine.inference import load_model
+    from .retrieval.evaluation import evaluate_codes
     from .retrieval.search import eval_batch_size
     from .training.report import metrics_table, write_reports
-    from .training.run import evaluate_codes, load_model
 
     progress = _progress_factory(not args.no_progress)
     results: Dict[str, Any] = {}
@@ -299,7 +297,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     from .data import BadImageError, DatasetLayoutError
     from .nn.backbone import WeightsUnavailableError
-    from .training.checkpoint import CheckpointError
+    from .engine.checkpoint import CheckpointError
     from .training.trainer import TrainingDivergedError
     from .utils.checks import ConfigError
 

@@ -1,4 +1,5 @@
-"""The package's shape: no import cycles, light metric and index modules, short functions."""
+"""The package's shape: floors that import only downwards, no import cycles, light metric and index
+modules, short functions."""
 from __future__ import annotations
 
 import ast
@@ -77,6 +78,36 @@ def _cycle(graph: Dict[str, Set[str]]) -> List[str]:
     return []
 
 
+# The floors, lowest first: a module imports modules of its own package or of a floor beneath.
+FLOORS = ["utils", "presets", "data", "nn", "models", "engine", "retrieval", "training", "top"]
+
+
+def _floor(module: str) -> int:
+    """The floor of a module of gdf_pyg: its package's place in FLOORS; the top-level modules
+    (the package itself, the command line, the demo, the moved-module aliases) sit on top."""
+    parts = module.split(".")
+    return FLOORS.index(parts[1]) if len(parts) > 2 or (len(parts) == 2 and parts[1] in FLOORS) else len(FLOORS) - 1
+
+
+def _upward(graph: Dict[str, Set[str]]) -> List[str]:
+    return sorted(f"{a} -> {b}" for a, targets in graph.items() for b in targets if _floor(b) > _floor(a))
+
+
+def test_imports_only_point_down_the_floors():
+    modules = _modules()
+    graph = {name: _imports(name, path, modules) for name, path in modules.items()}
+    assert {_floor(m) for m in modules} == set(range(len(FLOORS)))  # every floor has modules
+    assert _upward(graph) == []
+    assert not any(t.startswith("gdf_pyg.training") for m in modules if m.startswith("gdf_pyg.retrieval")
+                   for t in graph[m])
+
+
+def test_floor_check_finds_an_upward_import():
+    graph = {"gdf_pyg.retrieval.search": {"gdf_pyg.training.run", "gdf_pyg.engine.inference"},
+             "gdf_pyg.engine.encoding": {"gdf_pyg.data.loading"}, "gdf_pyg.cli": {"gdf_pyg.training.run"}}
+    assert _upward(graph) == ["gdf_pyg.retrieval.search -> gdf_pyg.training.run"]
+
+
 def test_no_import_cycles():
     modules = _modules()
     graph = {name: _imports(name, path, modules) for name, path in modules.items()}
@@ -102,17 +133,29 @@ def test_metrics_and_index_load_no_model_libraries(module):
     assert out.stdout.strip() == "[]"
 
 
-def test_moved_modules_are_the_new_ones():
-    import gdf_pyg.graph
-    import gdf_pyg.metrics
-    import gdf_pyg.nn.graph
-    import gdf_pyg.retrieval.metrics
-    from gdf_pyg import GDFNet, GDFNetConfig
-    from gdf_pyg.losses import GDFLoss
+@pytest.mark.parametrize("old, new", [("gdf_pyg.graph", "gdf_pyg.nn.graph"), ("gdf_pyg.metrics", "gdf_pyg.retrieval.metrics"),
+                                      ("gdf_pyg.training.encoding", "gdf_pyg.engine.encoding")])
+def test_moved_modules_are_the_new_ones_with_a_warning(old, new):
+    code = (f"import warnings, importlib; warnings.simplefilter('error', FutureWarning)\n"
+            f"try:\n    importlib.import_module({old!r})\nexcept FutureWarning as w:\n    print(w)\n"
+            f"warnings.simplefilter('ignore')\nprint(importlib.import_module({old!r}) is importlib.import_module({new!r}))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.splitlines() == [f"{old} has moved to {new}; the old name stops working in gdf-pyg 0.9", "True"]
 
-    assert gdf_pyg.graph is gdf_pyg.nn.graph and gdf_pyg.metrics is gdf_pyg.retrieval.metrics
+
+def test_packages_export_their_names_on_first_use():
+    import gdf_pyg
+    import gdf_pyg.nn
+    import gdf_pyg.retrieval
+    from gdf_pyg import GDFNet, GDFNetConfig
+    from gdf_pyg.nn import GDFLoss
+
     assert GDFNet.__module__ == GDFNetConfig.__module__ == "gdf_pyg.models.gdfnet"
     assert GDFLoss.__module__ == "gdf_pyg.nn.losses"
+    assert "knn_graph" in gdf_pyg.nn.__all__ and "knn_graph" in dir(gdf_pyg.nn)
+    assert gdf_pyg.retrieval.mean_average_precision.__module__ == "gdf_pyg.retrieval.metrics"
+    with pytest.raises(AttributeError, match="module 'gdf_pyg.nn' has no attribute 'knn'"):
+        gdf_pyg.nn.knn
 
 
 def test_functions_are_short():

@@ -17,8 +17,8 @@ ENV = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
 
 
 def run_quick(script, tmp_path, *extra):
-    cmd = [sys.executable, str(ROOT / "benchmarks" / f"{script}.py"), "--quick", "--results", str(tmp_path), *extra]
-    res = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600)
+    cmd = [sys.executable, "-m", f"benchmarks.{script}", "--quick", "--results", str(tmp_path), *extra]
+    res = subprocess.run(cmd, env=ENV, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     return res.stdout
 
@@ -31,7 +31,7 @@ def test_quick_mode(script, tmp_path):
     out = run_quick(script, tmp_path, *extra.get(script, []))
     name = f"{script}_quick" + ("_cpu" if script == "gpu_training" else "")
     md = (tmp_path / f"{name}.md").read_text()
-    assert md.startswith("# ") and f"benchmarks/{script}.py --quick" in md and "|---" in md
+    assert md.startswith("# ") and f"python -m benchmarks.{script} --quick" in md and "|---" in md
     assert json.loads((tmp_path / f"{name}.json").read_text())
     assert (tmp_path / f"{name}.png").stat().st_size > 1000
     if script == "graph_construction":
@@ -105,3 +105,27 @@ def test_finetuning_compares_recipes_with_the_frozen_model_and_keeps_finished_ru
     again = run_quick("finetuning", tmp_path, "--runs", str(runs), "--jobs", "2", *recipes)
     assert "done: " not in again
     assert json.loads((tmp_path / "finetuning_quick.json").read_text()) == list(rows.values())
+
+
+def test_defaults_rounds_are_a_ledger_the_markdown_is_generated_from(tmp_path):
+    from benchmarks.common import append_ledger
+    from benchmarks.defaults import LEDGER, render
+
+    folder = ROOT / "benchmarks" / "results" / "defaults"
+    records = [json.loads(line) for line in (folder / LEDGER).read_text().splitlines()]
+    assert [r["round"] for r in records] == list(range(1, len(records) + 1))
+    assert all({"version", "date", "rows"} <= set(r) for r in records)
+    assert (folder / "defaults.md").read_text() == render(records)  # the committed file is the ledger's
+    # A new round is appended, numbered, and rendered as a table of its rows.
+    ledger = tmp_path / LEDGER
+    ledger.write_text((folder / LEDGER).read_text())
+    rows = [{"candidate": "optim.lr=0.01", "val 12": 0.5, "s": 3.0}]
+    every = append_ledger(ledger, {"dataset": "flowers102", "version": "9.9", "date": "2030-01-01",
+                                   "command": "python -m benchmarks.defaults --candidates optim.lr=0.01",
+                                   "description": "a test round.", "columns": ["candidate", "val 12", "s"], "rows": rows})
+    assert len(every) == len(records) + 1 and every[-1]["round"] == len(records) + 1
+    assert [json.loads(line) for line in ledger.read_text().splitlines()] == every
+    text = render(every)
+    assert render(records).rstrip("\n") in text
+    assert f"## Round {len(every)}: flowers102, version 9.9, 2030-01-01" in text
+    assert "| optim.lr=0.01 | 0.5 | 3 |" in text

@@ -103,7 +103,7 @@ def test_demo_quick(tmp_path, capsys):
 
 
 def test_init_from_starts_from_an_earlier_run(tmp_path, folder_root, caplog):
-    from gdf_pyg.training import load_model
+    from gdf_pyg.engine.inference import load_model
 
     first = tmp_path / "frozen"
     assert main(["train", "--out", str(first), "--no-progress", f"data.root={folder_root}", "train.bits=[12]",

@@ -1,38 +1,13 @@
-"""Datasets: the official fine-grained layouts, image folders and the synthetic default."""
-from .config import DATASETS, DataConfig
-from .layouts import read_cars, read_cub, read_dogs, read_image_folder, read_splits, write_split
-from .records import (
-    BadImageError,
-    DatasetLayoutError,
-    ImageRecord,
-    ImageRecordDataset,
-    RetrievalSplits,
-    collate_skipping_bad,
-    stratified_split,
-)
-from .synthetic import SyntheticConfig, SyntheticFineGrained
-from .transforms import decode_size, eval_transform, stack_images, train_transform
+"""Datasets: the official fine-grained layouts, image folders and the synthetic default; transforms
+and data loading."""
+from ..utils.lazy import lazy_exports
 
-__all__ = [
-    "BadImageError",
-    "DATASETS",
-    "DataConfig",
-    "DatasetLayoutError",
-    "ImageRecord",
-    "ImageRecordDataset",
-    "RetrievalSplits",
-    "SyntheticConfig",
-    "SyntheticFineGrained",
-    "collate_skipping_bad",
-    "decode_size",
-    "eval_transform",
-    "read_cars",
-    "read_cub",
-    "read_dogs",
-    "read_image_folder",
-    "read_splits",
-    "stack_images",
-    "stratified_split",
-    "train_transform",
-    "write_split",
-]
+__all__, __getattr__, __dir__ = lazy_exports(__name__, {
+    "DATASETS": ".config", "DataConfig": ".config", "read_cars": ".layouts", "read_cub": ".layouts",
+    "read_dogs": ".layouts", "read_image_folder": ".layouts", "read_splits": ".layouts", "write_split": ".layouts",
+    "BadImageError": ".records", "DatasetLayoutError": ".records", "ImageRecord": ".records",
+    "ImageRecordDataset": ".records", "RetrievalSplits": ".records", "collate_skipping_bad": ".records",
+    "stratified_split": ".records", "SyntheticConfig": ".synthetic", "SyntheticFineGrained": ".synthetic",
+    "decode_size": ".transforms", "eval_transform": ".transforms", "stack_images": ".transforms",
+    "train_transform": ".transforms", "resolve_num_workers": ".loading",
+})

@@ -14,7 +14,7 @@ import contextlib
 import logging
 import os
 import random
-from typing import Any, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Iterator, List, Sequence, Tuple, Union
 
 import numpy as np
 import torch

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from ..nn.aggregation import AggregationConfig, GraphAggregation, PooledMLP
-from ..nn.backbone import BackboneConfig, FeatureBackbone
+from ..nn.backbone import BackboneConfig, FeatureBackbone, feature_shape_of
 from ..nn.graph import GraphBuilder, GraphConfig
 from ..nn.hash import HASH_INPUTS, HashHead
 from ..nn.nodes import NodesConfig, make_nodes
@@ -79,6 +79,16 @@ class GDFNetConfig:
                   else f"spatial nodes at {prefix}.img_size={self.img_size}, {prefix}.nodes.grid_size={self.nodes.grid_size}")
         require(self.graph.k <= limit, f"{prefix}.graph.k",
                 f"k={self.graph.k} must be below the {nodes_per_graph} nodes per image ({source})")
+
+    def check_feature_map(self, prefix: str = "model") -> None:
+        """:meth:`check_nodes` before any network is built: the backbone's feature-map size comes
+        from its shapes alone (:func:`~gdf_pyg.nn.backbone.feature_shape_of`)."""
+        if self.head != "gdf":
+            return
+        _, (h, w) = feature_shape_of(self.backbone.name, self.backbone.out_index, self.img_size)
+        grid = self.nodes.grid_size
+        nodes = self.nodes.num_parts if self.nodes.kind == "parts" else (grid * grid if grid else h * w)
+        self.check_nodes(nodes, prefix)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], prefix: str = "model") -> "GDFNetConfig":

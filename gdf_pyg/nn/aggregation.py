@@ -89,7 +89,7 @@ class GraphAggregation(nn.Module):
 
     With the default ``"edge"`` conv, :math:`\mathrm{conv}(\mathbf{h}, \mathcal{G})_i =
     \max_{j \in \mathcal{N}(i)} \Theta(\mathbf{h}_i \Vert \mathbf{h}_j - \mathbf{h}_i)`
-    (DGCNN's EdgeConv, see :class:`~gdf_pyg.conv.FactorizedEdgeConv`). The graph
+    (DGCNN's EdgeConv, see :class:`~gdf_pyg.nn.conv.FactorizedEdgeConv`). The graph
     :math:`\mathcal{G}^{(0)}` is built by ``graph`` from the input features :math:`\mathbf{x}`
     (or the positions, for the spatial constructions); for ``graph.method == "dynamic"``
     :math:`\mathcal{G}^{(l)}` is rebuilt from :math:`\mathbf{h}^{(l)}` for :math:`l \ge 1`, as

@@ -12,11 +12,12 @@ from timm.data import resolve_data_config
 import torch
 from torch import Tensor, nn
 
-log = logging.getLogger(__name__)
-
 from ..utils.checks import require
 
-__all__ = ["BackboneConfig", "FeatureBackbone", "WeightsUnavailableError", "create_timm_model"]
+log = logging.getLogger(__name__)
+
+__all__ = ["BackboneConfig", "FeatureBackbone", "WeightsUnavailableError", "create_timm_model", "feature_shape_of",
+           "image_config_of"]
 
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
 
@@ -43,6 +44,26 @@ class BackboneConfig:
         if self.weights_file is not None:
             require(Path(self.weights_file).expanduser().is_file(), f"{prefix}.weights_file",
                     f"{self.weights_file!r} does not exist")
+
+
+def image_config_of(name: str, img_size: int) -> Dict[str, Any]:
+    """timm's data config (interpolation, crop, mean, std) of the weights of backbone ``name`` at
+    ``img_size`` pixels, read from timm's registry of pretrained configurations: the transforms
+    of a run without building (or loading) the network; the same as
+    :meth:`FeatureBackbone.image_config`."""
+    pretrained = timm.models.get_pretrained_cfg(name)
+    return resolve_data_config({"input_size": (3, img_size, img_size)},
+                               pretrained_cfg=pretrained.to_dict() if pretrained is not None else {})
+
+
+def feature_shape_of(name: str, out_index: int, img_size: int) -> Tuple[int, Tuple[int, int]]:
+    """Channels and spatial size of backbone ``name``'s feature stage ``out_index`` for square
+    ``img_size`` inputs, worked out on PyTorch's meta device: no weights are made or read and
+    nothing is computed, only shapes."""
+    with torch.device("meta"):
+        model = timm.create_model(name, pretrained=False, features_only=True, out_indices=(out_index,))
+        fmap = model(torch.zeros(1, 3, img_size, img_size))[-1]
+    return int(model.feature_info.channels()[-1]), (int(fmap.shape[-2]), int(fmap.shape[-1]))
 
 
 class WeightsUnavailableError(RuntimeError):

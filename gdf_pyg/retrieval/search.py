@@ -14,9 +14,8 @@ from ..data.loading import auto_eval_batch_size
 from ..data.layouts import IMAGE_SUFFIXES
 from ..data.records import DatasetLayoutError
 from ..models.gdfnet import GDFNet
-from ..training.config import EvalConfig
-from ..training.encoding import encode_dataset
-from ..training.run import load_model
+from ..engine.encoding import encode_dataset
+from ..engine.inference import load_model
 from ..utils.progress import Progress, no_progress
 from .index import SavedIndex, pack_codes
 
@@ -29,7 +28,7 @@ def eval_batch_size(state: Dict[str, Any], device: str | torch.device = "cpu") -
     """The encoding batch size a checkpoint's run evaluated with (``eval.batch_size``; a run
     records the number it chose, older ones may hold ``auto``: chosen for ``device`` then)."""
     config = state.get("config", {})
-    size = config.get("eval", {}).get("batch_size", EvalConfig().batch_size)
+    size = config.get("eval", {}).get("batch_size", "auto")
     if size == "auto":
         return auto_eval_batch_size(device, int(config.get("model", {}).get("img_size", 224)))
     return int(size)

@@ -1,9 +1,12 @@
-"""Training helpers: run data, encoding and the feature cache, schedule, trainer, checkpoints,
-multi-process training, reports; :func:`train` runs a whole configuration."""
-from .config import EvalConfig, OptimConfig, TrainConfig, TrainSection
-from .ema import WeightAverage
-from .run import evaluate_codes, load_model, resolve_device, train, train_bits
-from .trainer import Trainer, TrainingDivergedError
+"""Training: a run's configuration and data, the batches, the trainer and its moving average, the
+shared-encoder trainer, whole runs and their reports; :func:`train` runs a configuration.
 
-__all__ = ["EvalConfig", "OptimConfig", "TrainConfig", "TrainSection", "Trainer", "TrainingDivergedError",
-           "WeightAverage", "evaluate_codes", "load_model", "resolve_device", "train", "train_bits"]
+Names are imported on first use (as every package of gdf-pyg exports them).
+"""
+from ..utils.lazy import lazy_exports
+
+__all__, __getattr__, __dir__ = lazy_exports(__name__, {
+    "EvalConfig": ".config", "OptimConfig": ".config", "TrainConfig": ".config", "TrainSection": ".config",
+    "Trainer": ".trainer", "TrainingDivergedError": ".trainer", "WeightAverage": ".ema",
+    "SharedEncoderTrainer": ".shared", "train": ".run", "train_bits": ".run", "train_shared": ".run",
+})

@@ -21,7 +21,7 @@ from typing import Any, Dict, List, Tuple
 import torch
 from torch import Tensor, nn
 
-from .checkpoint import state_dict_cpu
+from ..engine.checkpoint import state_dict_cpu
 
 __all__ = ["WeightAverage"]
 

@@ -1,4 +1,4 @@
-"""A whole training run: every code length of a configuration, reports, and loading its models.
+"""A whole training run: every code length of a configuration, and its reports.
 
 :func:`train` runs a :class:`~gdf_pyg.training.config.TrainConfig`: one model per code
 length, model selection on a validation split carved out of the training data (never the
@@ -17,46 +17,34 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-from torch import Tensor
+import torch.distributed as dist
+from torch import nn
 
 from ..data.loading import resolve_eval_batch_size, resolve_num_workers
 from ..data.transforms import TRAIN_SCALE
-from ..models.gdfnet import GDFNet, GDFNetConfig
-from ..retrieval.metrics import PRCurve, retrieval_report
+from ..engine.checkpoint import capture_rng, restore_rng, save_checkpoint, seed_everything
+from ..engine.distributed import DistContext, barrier, close_distributed, init_distributed, main_first
+from ..engine.encoding import EncodedSet, cache_key, encode_dataset, load_feature_cache, save_feature_cache
+from ..engine.inference import resolve_device
+from ..models.gdfnet import GDFNet
+from ..nn.backbone import FeatureBackbone, image_config_of
 from ..utils.checks import ConfigError
 from ..utils.config_io import to_dict
 from ..utils.profiling import evaluation_region
 from ..utils.progress import Progress, no_progress
-from .checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint, seed_everything
 from .config import TrainConfig
-from .distributed import DistContext, barrier, close_distributed, init_distributed
-from .encoding import EncodedSet, cache_key, encode_dataset, load_feature_cache, save_feature_cache
 from .run_data import RunData, build_run_data
-from .trainer import Trainer, model_config_for
+from .trainer import Trainer
 
 log = logging.getLogger(__name__)
 
-__all__ = ["evaluate_codes", "load_model", "resolve_device", "train", "train_bits", "train_shared"]
+__all__ = ["cached_features", "train", "train_bits", "train_shared"]
 
 
-def resolve_device(name: str) -> torch.device:
-    """``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda[:N]"``."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"train.device: {name!r} requested but CUDA is not available; use 'cpu' or 'auto'")
-    return torch.device(name)
-
-
-def evaluate_codes(query_codes: Tensor, query_labels: Tensor, db_codes: Tensor, db_labels: Tensor,
-                   topks: Sequence[int], radius: int) -> Tuple[Dict[str, float], PRCurve]:
-    """The scalar metrics and the precision-recall curve of one code length."""
-    return retrieval_report(query_codes, db_codes, query_labels, db_labels, topks=topks, radius=radius)
-
-
-def cached_features(cfg: TrainConfig, data: RunData, model: GDFNet, device: torch.device, cache_dir: Path,
+def cached_features(cfg: TrainConfig, data: RunData, backbone: nn.Module, device: torch.device, cache_dir: Path,
                     progress: Progress = no_progress, ctx: Optional[DistContext] = None) -> Dict[str, EncodedSet]:
-    """Backbone feature maps of the training and test splits, computed once (in float32, in
+    """Backbone feature maps (of ``backbone``: images to maps) of the training and test splits,
+    computed once (in float32, in
     the evaluation batches, shared among the processes) and kept in ``cache_dir`` for every
     later run with the same backbone, image size, batch size and data; with
     ``train.cached_views`` also that many augmented views of the images the model trains on
@@ -69,9 +57,9 @@ def cached_features(cfg: TrainConfig, data: RunData, model: GDFNet, device: torc
     if weights:
         wf = Path(weights).expanduser()
         identity["weights"] = [str(wf.resolve()), wf.stat().st_size, int(wf.stat().st_mtime)]
-    model.eval()
+    backbone.eval()
     plain = (("train", data.train_eval, data.train_paths), ("test", data.test_eval, data.test_paths))
-    sets = _cached_sets(cache_dir / f"features-{cache_key(identity)}.pt", plain, cfg, batch_size, model, device,
+    sets = _cached_sets(cache_dir / f"features-{cache_key(identity)}.pt", plain, cfg, batch_size, backbone, device,
                         progress, ctx, data.skipped)
     views = cfg.train.cached_views
     if views:
@@ -79,8 +67,8 @@ def cached_features(cfg: TrainConfig, data: RunData, model: GDFNet, device: torc
         view_identity = {**identity, "views": views, "scale": list(TRAIN_SCALE), "fit": data.fit_pos.tolist(),
                          "format": "float16"}
         augmented = [(f"view{v}", data.train_aug, data.fit_paths) for v in range(1, views + 1)]
-        view_sets = _cached_sets(cache_dir / f"views-{cache_key(view_identity)}.pt", augmented, cfg, batch_size, model,
-                                 device, progress, ctx, [], torch.float16)  # unreadable: as in the plain view
+        view_sets = _cached_sets(cache_dir / f"views-{cache_key(view_identity)}.pt", augmented, cfg, batch_size,
+                                 backbone, device, progress, ctx, [], torch.float16)  # unreadable: as in the plain view
         for view in view_sets.values():
             view.positions = data.fit_pos[view.positions]  # rows of train_aug -> positions in the split
         sets.update(view_sets)
@@ -88,7 +76,7 @@ def cached_features(cfg: TrainConfig, data: RunData, model: GDFNet, device: torc
 
 
 def _cached_sets(path: Path, sources: Sequence[Tuple[str, Any, List[str]]], cfg: TrainConfig, batch_size: int,
-                 model: GDFNet, device: torch.device, progress: Progress, ctx: DistContext, skipped: List[str],
+                 backbone: nn.Module, device: torch.device, progress: Progress, ctx: DistContext, skipped: List[str],
                  dtype: torch.dtype = torch.float32) -> Dict[str, EncodedSet]:
     """The feature maps of ``(name, dataset, paths)`` sources from ``path``, or encoded (kept in
     ``dtype``) and saved there; images skipped as unreadable are appended to ``skipped``.
@@ -104,7 +92,7 @@ def _cached_sets(path: Path, sources: Sequence[Tuple[str, Any, List[str]]], cfg:
     sets = {}
     for i, (name, ds, paths) in enumerate(sources):
         seed_everything(i)
-        sets[name] = encode_dataset(model.forward_features, ds, batch_size, device, ctx=ctx,
+        sets[name] = encode_dataset(backbone, ds, batch_size, device, ctx=ctx,
                                     num_workers=resolve_num_workers(cfg.data.num_workers, device),
                                     progress=progress if ctx.is_main else no_progress,
                                     desc=f"features {name}", skipped=skipped, paths=paths)
@@ -125,30 +113,37 @@ def _write_history(path: Path, history: List[Dict[str, float]]) -> None:
 
 def _final_result(cfg: TrainConfig, trainer: Trainer, model: GDFNet, bits: int, out: Path,
                   checkpoint: Dict[str, Any]) -> Optional[Dict[str, Any]]:
-    """Evaluates ``model`` (the selected one of ``bits`` bits) through the encoding of ``gdf-pyg
-    eval``, then writes ``best.pt``, ``history.csv`` and ``result.json`` (main process)."""
-    ctx, data = trainer.ctx, trainer.data
-    with evaluation_region():
-        test, train = trainer.codes("test", model), trainer.codes("train", model)  # every process takes part
-        if not ctx.is_main:
-            return None
-        report, curve = evaluate_codes(test.values, data.test_labels[test.positions], train.values,
-                                       data.train_labels[train.positions], cfg.eval.topks, cfg.eval.radius)
+    """Evaluates ``model`` (the selected one of ``bits`` bits) as ``gdf-pyg eval`` does, then writes
+    ``best.pt``, ``history.csv`` and ``result.json`` (main process)."""
+    with evaluation_region():  # every process takes part in encoding
+        report, curve, test, train = trainer.evaluator.report(model, cfg.eval.topks, cfg.eval.radius)
+    if not trainer.ctx.is_main:
+        return None
     save_checkpoint(checkpoint, out / "best.pt")
     _write_history(out / "history.csv", trainer.history)
-    waits = [h["data_wait"] for h in trainer.history if "data_wait" in h]  # histories before 0.5.1 lack it
-    training = sum(h["seconds"] for h in trainer.history)
-    validation = sum(h.get("val_seconds", 0.0) for h in trainer.history)
+    history = trainer.history
+    waits = [h["data_wait"] for h in history if "data_wait" in h]  # histories before 0.5.1 lack it
+    training = sum(h["seconds"] for h in history)
+    validation = sum(h.get("val_seconds", 0.0) for h in history)
     result = {
         "bits": bits, "metrics": report, "best_epoch": checkpoint["best_epoch"], "val_map": checkpoint["best_metric"],
-        "pr_curve": curve.to_rows(), "train_images_per_s": float(np.mean([h["images_per_s"] for h in trainer.history])),
+        "pr_curve": curve.to_rows(), "train_images_per_s": float(np.mean([h["images_per_s"] for h in history])),
         "train_data_wait": float(np.mean(waits)) if waits else None,
         "train_seconds": training, "validation_seconds": validation,
         "validation_fraction": validation / max(training + validation, 1e-9),
-        "queries": len(test.values), "database": len(train.values), "processes": ctx.world_size,
+        "queries": len(test.values), "database": len(train.values), "processes": trainer.ctx.world_size,
     }
     (out / "result.json").write_text(json.dumps(result, indent=1))
     return result
+
+
+def _finished(paths: Sequence[Path], ctx: DistContext) -> bool:
+    """Whether every ``result.json`` exists, as the main process sees it (every process is told,
+    so that a process that does not see the main process's disk still decides alike)."""
+    seen = [all(p.is_file() for p in paths)]
+    if ctx.active:
+        dist.broadcast_object_list(seen, src=0)
+    return bool(seen[0])
 
 
 def train_bits(cfg: TrainConfig, bits: int, data: RunData, run_dir: Path, device: torch.device,
@@ -158,15 +153,14 @@ def train_bits(cfg: TrainConfig, bits: int, data: RunData, run_dir: Path, device
     (on the main process; ``None`` on the others)."""
     ctx = ctx or DistContext()
     out = run_dir / f"bits{bits}"
-    if ctx.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-    done = out / "result.json"
-    if resume and done.is_file():
+    if resume and _finished([out / "result.json"], ctx):
         log.info("%d bits: already finished in an earlier run, kept", bits)
-        return json.loads(done.read_text()) if ctx.is_main else None
-    barrier(ctx)
-    trainer = Trainer(cfg, bits, data, out, device, features, progress, ctx)
-    if resume and (out / "last.pt").is_file():
+        return json.loads((out / "result.json").read_text()) if ctx.is_main else None
+    with main_first(ctx):
+        if ctx.is_main:
+            out.mkdir(parents=True, exist_ok=True)
+    trainer = Trainer.from_config(cfg, bits, data, out, device, features, progress, ctx)
+    if resume and _finished([out / "last.pt"], ctx):
         trainer.resume(out / "last.pt")
     trainer.fit()
     trainer.model.load_state_dict(trainer.best_state)
@@ -184,15 +178,15 @@ def train_shared(cfg: TrainConfig, data: RunData, run_dir: Path, device: torch.d
     ctx = ctx or DistContext()
     bits = list(cfg.train.bits)
     outs = {b: run_dir / f"bits{b}" for b in bits}
-    if resume and all((o / "result.json").is_file() for o in outs.values()):
+    if resume and _finished([o / "result.json" for o in outs.values()], ctx):
         log.info("shared encoder: already finished in an earlier run, kept")
         return {b: json.loads((o / "result.json").read_text()) if ctx.is_main else None for b, o in outs.items()}
-    if ctx.is_main:
-        for o in [run_dir / "shared", *outs.values()]:
-            o.mkdir(parents=True, exist_ok=True)
-    barrier(ctx)
-    trainer = SharedEncoderTrainer(cfg, bits, data, run_dir / "shared", device, features, progress, ctx)
-    if resume and (run_dir / "shared" / "last.pt").is_file():
+    with main_first(ctx):
+        if ctx.is_main:
+            for o in [run_dir / "shared", *outs.values()]:
+                o.mkdir(parents=True, exist_ok=True)
+    trainer = SharedEncoderTrainer.from_config(cfg, bits, data, run_dir / "shared", device, features, progress, ctx)
+    if resume and _finished([run_dir / "shared" / "last.pt"], ctx):
         trainer.resume(run_dir / "shared" / "last.pt")
     trainer.fit()
     return {b: _final_result(cfg, trainer, trainer.single_model(b, trainer.best_state[b]), b, outs[b],
@@ -222,6 +216,23 @@ def train(cfg: TrainConfig, run_dir: Path | str, *, progress: Progress = no_prog
         close_distributed(ctx)
 
 
+def _resolved(cfg: TrainConfig, data: RunData, device: torch.device) -> TrainConfig:
+    """``cfg`` with what the run decides written in: the data's classes and the evaluation batch
+    chosen for the device (so ``gdf-pyg eval`` encodes in the batches training did)."""
+    if cfg.model.num_classes != data.num_classes:
+        log.info("model.num_classes set to %d, the classes of the %s dataset", data.num_classes, data.name)
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, num_classes=data.num_classes))
+    if cfg.eval.batch_size == "auto":
+        batch = resolve_eval_batch_size("auto", device, cfg.model.img_size)
+        log.info("eval.batch_size set to %d for %s", batch, device.type)
+        cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, batch_size=batch))
+    n_fit = len(data.fit_pos)
+    if cfg.optim.batch_size > n_fit:
+        raise ConfigError(f"optim.batch_size: {cfg.optim.batch_size} is larger than the {n_fit} training images "
+                          f"(after holding out data.val_fraction={cfg.data.val_fraction})")
+    return cfg
+
+
 def _train_run(cfg: TrainConfig, run_dir: Path, device: torch.device, ctx: DistContext, progress: Progress,
                resume: bool, cache_dir: Optional[Path]) -> Optional[Dict[str, Any]]:
     from .report import write_reports
@@ -229,39 +240,29 @@ def _train_run(cfg: TrainConfig, run_dir: Path, device: torch.device, ctx: DistC
     if device.type == "cuda" and ctx.active:
         device = torch.device("cuda", ctx.local_rank)
         torch.cuda.set_device(device)
-    if ctx.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(cfg.train.seed)
-    probe = GDFNet(model_config_for(cfg, cfg.train.bits[0], 2))  # backbone only: transforms and features
-    if not ctx.is_main:
-        barrier(ctx)  # the main process writes the folder split first
-    data = build_run_data(cfg, probe.image_config, run_dir, write=ctx.is_main)
-    if ctx.is_main:
-        barrier(ctx)
-    if cfg.model.num_classes != data.num_classes:
-        log.info("model.num_classes set to %d, the classes of the %s dataset", data.num_classes, data.name)
-        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, num_classes=data.num_classes))
-    if cfg.eval.batch_size == "auto":  # written into config.yaml: eval encodes in the batches training did
-        batch = resolve_eval_batch_size("auto", device, cfg.model.img_size)
-        log.info("eval.batch_size set to %d for %s", batch, device.type)
-        cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, batch_size=batch))
-    if ctx.is_main:
-        log.info("%d data-loading worker(s) per process (data.num_workers=%s)",
-                 resolve_num_workers(cfg.data.num_workers, device), cfg.data.num_workers)
-    n_fit = len(data.fit_pos)
-    if cfg.optim.batch_size > n_fit:
-        raise ConfigError(f"optim.batch_size: {cfg.optim.batch_size} is larger than the {n_fit} training images "
-                          f"(after holding out data.val_fraction={cfg.data.val_fraction})")
+    cfg.model.check_feature_map()  # before anything is written or read
+    with main_first(ctx):  # the main process writes the folder split; the others read it
+        if ctx.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        data = build_run_data(cfg, image_config_of(cfg.model.backbone.name, cfg.model.img_size), run_dir,
+                              write=ctx.is_main)
+    cfg = _resolved(cfg, data, device)
     if ctx.is_main:
         import yaml
 
+        log.info("%d data-loading worker(s) per process (data.num_workers=%s)",
+                 resolve_num_workers(cfg.data.num_workers, device), cfg.data.num_workers)
         (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     features = None
     if cfg.train.frozen_backbone:
+        torch.manual_seed(cfg.train.seed)  # a randomly initialised backbone: the one each model starts from
+        bb = cfg.model.backbone
+        backbone = FeatureBackbone(bb.name, pretrained=bb.pretrained, weights_file=bb.weights_file,
+                                   out_index=bb.out_index).to(device)
         cache = Path(cache_dir or cfg.train.cache_dir or run_dir / "cache")
-        features = cached_features(cfg, data, probe.to(device), device, cache, progress, ctx)
+        features = cached_features(cfg, data, backbone, device, cache, progress, ctx)
         features = {name: cached.to_device(device) for name, cached in features.items()}
-    del probe
+        del backbone
     if cfg.train.shared_encoder:
         results = train_shared(cfg, data, run_dir, device, features, progress, resume, ctx)
     else:
@@ -273,19 +274,3 @@ def _train_run(cfg: TrainConfig, run_dir: Path, device: torch.device, ctx: DistC
                "processes": ctx.world_size, "results": {str(b): r for b, r in results.items()}}
     write_reports(run_dir, summary)
     return summary
-
-
-def load_model(path: Path | str, device: str | torch.device = "cpu") -> Tuple[GDFNet, Dict[str, Any]]:
-    """A trained model from a checkpoint (``best.pt`` or ``last.pt``), in evaluation mode.
-
-    The backbone is rebuilt without downloading: its weights come from the checkpoint.
-    """
-    state = load_checkpoint(path)
-    if "model_config" not in state:
-        raise ConfigError(f"{path}: not a gdf-pyg model checkpoint (no model_config)")
-    mcfg = GDFNetConfig.from_dict({**state["model_config"],
-                                   "backbone": {**state["model_config"]["backbone"], "pretrained": False,
-                                                "weights_file": None}})
-    model = GDFNet(mcfg)
-    model.load_state_dict(state["model"])
-    return model.to(device).eval(), state

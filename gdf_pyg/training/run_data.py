@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import torch
 from torch import Tensor
-from torch.utils.data import Dataset, Subset
+from torch.utils.data import Dataset
 
 from ..data import (
     ImageRecordDataset,
@@ -29,12 +29,16 @@ from ..data import (
     write_split,
 )
 from ..data.records import DatasetLayoutError, ImageRecord
+from ..engine.distributed import DistContext
+from ..engine.encoding import EncodedSet
+from ..retrieval.evaluation import Evaluator, Split
+from ..utils.progress import Progress, no_progress
 from ..utils.config_io import to_dict
 from .config import TrainConfig
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DatasetChangedError", "RunData", "build_run_data", "check_identity"]
+__all__ = ["DatasetChangedError", "RunData", "build_run_data", "check_identity", "run_evaluator"]
 
 SPLIT_FILE = "split.json"
 IDENTITY_FILE = "dataset.json"
@@ -202,3 +206,15 @@ def check_identity(run_dir: Path, data: RunData) -> None:
             f"the data differs from what the run in {str(run_dir)!r} was trained and evaluated on ({path.name}): "
             + "; ".join(problems) + ". Restore the data, or pass --resplit to evaluate on the data as it is now"
         )
+
+
+def run_evaluator(data: RunData, device: torch.device, batch_size: int, ctx: Optional[DistContext] = None,
+                  num_workers: int = 0, progress: Progress = no_progress,
+                  features: Optional[Dict[str, EncodedSet]] = None) -> Evaluator:
+    """The evaluator of a run's ``train`` and ``test`` splits (from ``features``, the cached
+    backbone maps of a frozen backbone, when given); images skipped as unreadable are added to
+    ``data.skipped``."""
+    features = features or {}
+    splits = {"train": Split(data.train_eval, data.train_paths, data.train_labels, features.get("train")),
+              "test": Split(data.test_eval, data.test_paths, data.test_labels, features.get("test"))}
+    return Evaluator(splits, device, batch_size, ctx or DistContext(), num_workers, progress, data.skipped)

@@ -8,22 +8,19 @@ trained models. Separate models stay the default, as in the paper.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
-from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional
 
-import torch
 from torch import Tensor
 
-from ..models.gdfnet import GDFNet, GDFOutput, SharedEncoderGDFNet
+from ..engine.checkpoint import state_dict_cpu
+from ..engine.encoding import EncodedSet
+from ..models.gdfnet import GDFNet, GDFNetConfig, GDFOutput, SharedEncoderGDFNet
 from ..nn.losses import distillation_loss
 from ..nn.sync import all_gather_cat
 from ..utils.checks import ConfigError
-from ..utils.progress import Progress, no_progress
-from .checkpoint import state_dict_cpu
 from .config import TrainConfig
-from .distributed import DistContext
-from .encoding import EncodedSet
 from .run_data import RunData
 from .trainer import Trainer, model_config_for
 
@@ -35,26 +32,32 @@ __all__ = ["SharedEncoderTrainer"]
 class SharedEncoderTrainer(Trainer):
     """Trains the code lengths ``bits`` as heads of one encoder; see the module docstring.
 
-    ``best_metric``, ``best_epoch`` and ``best_state`` are dictionaries keyed by code length.
+    Built like a :class:`~gdf_pyg.training.trainer.Trainer` (:meth:`from_config` with the list of
+    code lengths). ``best_metric``, ``best_epoch`` and ``best_state`` are dictionaries keyed by
+    code length.
     """
 
-    def __init__(self, cfg: TrainConfig, bits: Sequence[int], data: RunData, out: Path, device: torch.device,
-                 features: Optional[Dict[str, EncodedSet]] = None, progress: Progress = no_progress,
-                 ctx: Optional[DistContext] = None) -> None:
-        self.all_bits = [int(b) for b in bits]
-        super().__init__(cfg, self.all_bits[0], data, out, device, features, progress, ctx)
-        self.bits = self.all_bits
-        self.label = "+".join(map(str, self.all_bits)) + " bits (shared encoder)"
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.all_bits = list(self.model.all_bits)
         self.best_metric = {b: -1.0 for b in self.all_bits}
         self.best_epoch = {b: -1 for b in self.all_bits}
         self.best_state: Dict[int, Optional[Dict[str, Tensor]]] = {b: None for b in self.all_bits}
 
-    def _build_model(self) -> GDFNet:
-        if self.cfg.train.init_from is not None:
+    @staticmethod
+    def label_for(bits: Any) -> str:
+        return "+".join(map(str, bits)) + " bits (shared encoder)"
+
+    @staticmethod
+    def new_model(cfg: TrainConfig, bits: Any, data: RunData) -> GDFNet:
+        if cfg.train.init_from is not None:
             raise ConfigError("train.init_from: not available with train.shared_encoder=true")
-        self._seed()
-        model = SharedEncoderGDFNet(model_config_for(self.cfg, self.all_bits[0], self.data.num_classes), self.all_bits)
-        return self._place(model)
+        bits = [int(b) for b in bits]
+        return SharedEncoderGDFNet(model_config_for(cfg, bits[0], data.num_classes), bits)
+
+    @property
+    def bits(self) -> List[int]:  # type: ignore[override]
+        return list(self.model.all_bits)
 
     def losses(self, out: GDFOutput, labels: Tensor, sizes: Optional[List[int]] = None) -> Dict[str, Tensor]:
         """The sum over heads of each head's loss terms; ``loss@K`` is head ``K``'s total. With
@@ -65,7 +68,7 @@ class SharedEncoderTrainer(Trainer):
         logits = dict(zip(self.all_bits, out.logits.float().split(self.data.num_classes, dim=1)))
         class_logits = (dict(zip(self.all_bits, out.class_logits.float().split(self.data.num_classes, dim=1)))
                         if out.class_logits is not None else {})
-        w = self.cfg.loss
+        w = self.loss_fn.weights
         teacher = max(self.all_bits)
         teacher_logits = all_gather_cat(logits[teacher], sizes) if w.distill else None  # once for every student
         terms: Dict[str, Tensor] = {}
@@ -80,9 +83,16 @@ class SharedEncoderTrainer(Trainer):
             terms[f"loss@{b}"] = head["loss"]
         return terms
 
+    def single_config(self, bits: int) -> GDFNetConfig:
+        """The configuration of the plain GDF-Net of ``bits`` bits."""
+        return dataclasses.replace(self.model.config, bits=bits)
+
     def single_model(self, bits: int, state: Optional[Dict[str, Tensor]] = None) -> GDFNet:
-        """The plain GDF-Net of ``bits`` bits with the shared weights (``state`` or the current ones)."""
-        model = GDFNet(model_config_for(self.cfg, bits, self.data.num_classes))
+        """The plain GDF-Net of ``bits`` bits with the shared weights (``state`` or the current ones),
+        built without pretrained weights (they are overwritten at once: nothing is read or fetched)."""
+        config = self.single_config(bits)
+        model = GDFNet(dataclasses.replace(config, backbone=dataclasses.replace(config.backbone, pretrained=False,
+                                                                                  weights_file=None)))
         model.load_state_dict(self.model.single_state(bits, state))
         return model.to(self.device)
 
@@ -118,6 +128,6 @@ class SharedEncoderTrainer(Trainer):
         """``bits{K}/best.pt``: the plain GDF-Net of one code length at its best epoch."""
         state = self.model_checkpoint()
         state.update(model=self.model.single_state(bits, self.best_state[bits]), bits=bits,
-                     model_config=model_config_for(self.cfg, bits, self.data.num_classes).to_dict(),
+                     model_config=self.single_config(bits).to_dict(),
                      best_metric=self.best_metric[bits], best_epoch=self.best_epoch[bits])
         return state

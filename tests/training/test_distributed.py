@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from gdf_pyg.training.config import TrainConfig
-from gdf_pyg.training.distributed import DistContext, close_distributed, init_distributed
-from gdf_pyg.training.encoding import encode_dataset
+from gdf_pyg.engine.distributed import DistContext, close_distributed, init_distributed
+from gdf_pyg.engine.encoding import encode_dataset
 from gdf_pyg.training.run_data import build_run_data
 from gdf_pyg.training.trainer import Trainer
 
@@ -33,7 +33,7 @@ def _trainer(root: Path, ctx=None) -> Trainer:
 
     probe = GDFNet(model_config_for(cfg, 12, 2))
     data = build_run_data(cfg, probe.image_config)
-    return Trainer(cfg, 12, data, root.parent / "out", torch.device("cpu"), ctx=ctx)
+    return Trainer.from_config(cfg, 12, data, root.parent / "out", torch.device("cpu"), ctx=ctx)
 
 
 def _global_batch(trainer: Trainer, n: int):

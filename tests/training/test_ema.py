@@ -6,7 +6,7 @@ from torch import nn
 
 from gdf_pyg.training.config import ConfigError, TrainConfig
 from gdf_pyg.training.ema import WeightAverage
-from gdf_pyg.training.encoding import EncodedSet
+from gdf_pyg.engine.encoding import EncodedSet
 
 from .test_shared import _trainer, stop_in_epoch
 
@@ -83,7 +83,7 @@ def test_selection_uses_the_average_and_resumes_exactly(tmp_path, folder_root):
 
 
 def _save_last(trainer, out):
-    from gdf_pyg.training.checkpoint import save_checkpoint
+    from gdf_pyg.engine.checkpoint import save_checkpoint
 
     save_checkpoint(trainer.checkpoint(), out / "last.pt")
     return out / "last.pt"

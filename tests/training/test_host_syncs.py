@@ -46,14 +46,14 @@ def test_cpu_preset_steps_read_nothing_back(tmp_path):
 def _epoch_syncs(rank, world, root):
     from gdf_pyg.models.gdfnet import GDFNet
     from gdf_pyg.training.config import TrainConfig
-    from gdf_pyg.training.distributed import DistContext
+    from gdf_pyg.engine.distributed import DistContext
     from gdf_pyg.training.run_data import build_run_data
     from gdf_pyg.training.trainer import Trainer, model_config_for
 
     cfg = TrainConfig.load(preset="paper", overrides=[*SMALL, "train.bits=[12]", "optim.epochs=1",
                                                       "data.val_fraction=0.0"])
     data = build_run_data(cfg, GDFNet(model_config_for(cfg, 12, 6)).image_config)
-    trainer = Trainer(cfg, 12, data, Path(root), torch.device("cpu"), ctx=DistContext(rank, world))
+    trainer = Trainer.from_config(cfg, 12, data, Path(root), torch.device("cpu"), ctx=DistContext(rank, world))
     with count_host_syncs() as count:
         stats = trainer.train_epoch()
     return count.steps, count.in_steps, stats["loss"]

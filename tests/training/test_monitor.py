@@ -44,7 +44,7 @@ def test_losses_are_read_once_per_interval(tmp_path, folder_root, monkeypatch):
     original = StepMonitor.read
     monkeypatch.setattr(StepMonitor, "read", lambda self, w: reads.append(len(self)) or original(self, w))
     stats = trainer.train_epoch()
-    assert trainer.steps_per_epoch == 6 and reads == [2, 2, 2]  # every 2 steps; nothing left at the end
+    assert trainer.batches.steps_per_epoch == 6 and reads == [2, 2, 2]  # every 2 steps; nothing left at the end
     assert math.isfinite(stats["loss"]) and stats["images"] == 12.0
 
 

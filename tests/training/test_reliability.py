@@ -12,7 +12,7 @@ import time
 import pytest
 import torch
 
-from gdf_pyg.training.checkpoint import load_checkpoint
+from gdf_pyg.engine.checkpoint import load_checkpoint
 from gdf_pyg.training.config import TrainConfig
 from gdf_pyg.training import TrainingDivergedError, train
 

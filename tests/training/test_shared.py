@@ -8,7 +8,7 @@ import torch
 
 from gdf_pyg.cli import main
 from gdf_pyg.models.gdfnet import GDFNet, GDFNetConfig, SharedEncoderGDFNet
-from gdf_pyg.training.checkpoint import load_checkpoint
+from gdf_pyg.engine.checkpoint import load_checkpoint
 from gdf_pyg.training.config import ConfigError, TrainConfig
 from gdf_pyg.training.run_data import build_run_data
 from gdf_pyg.training.shared import SharedEncoderTrainer
@@ -57,7 +57,7 @@ def _trainer(folder_root, out, *overrides):
                                       "train.frozen_backbone=false", "train.shared_encoder=true", "optim.epochs=3",
                                       *overrides])
     data = build_run_data(cfg, GDFNet(GDFNetConfig.from_dict({**cfg.model.to_dict(), "num_classes": 2})).image_config)
-    return SharedEncoderTrainer(cfg, [12, 16], data, out, torch.device("cpu"))
+    return SharedEncoderTrainer.from_config(cfg, [12, 16], data, out, torch.device("cpu"))
 
 
 def stop_in_epoch(trainer, epoch: int) -> None:

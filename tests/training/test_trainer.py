@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from gdf_pyg.training.checkpoint import load_checkpoint
+from gdf_pyg.engine.checkpoint import load_checkpoint
 from gdf_pyg.training.config import ConfigError, TrainConfig
 from gdf_pyg.training import train
 
@@ -21,7 +21,7 @@ def image_trainer(cfg, out, num_classes=2):
     from gdf_pyg.training.trainer import Trainer, model_config_for
 
     data = build_run_data(cfg, GDFNet(model_config_for(cfg, 12, num_classes)).image_config)
-    return Trainer(cfg, 12, data, out, torch.device("cpu"))
+    return Trainer.from_config(cfg, 12, data, out, torch.device("cpu"))
 
 
 def backbone_bn_means(state):
@@ -82,7 +82,7 @@ def test_cached_views_are_augmented_reproducible_and_drawn_per_image(tmp_path, f
     probe = GDFNet(model_config_for(cfg, 12, 3)).eval()
     data = build_run_data(cfg, probe.image_config)
     torch.manual_seed(7)
-    feats = cached_features(cfg, data, probe, cpu, tmp_path / "a")
+    feats = cached_features(cfg, data, probe.backbone, cpu, tmp_path / "a")
     drawn_after = torch.rand(3)
     torch.manual_seed(7)
     assert torch.equal(drawn_after, torch.rand(3))  # the generators are left as they were found
@@ -97,34 +97,34 @@ def test_cached_views_are_augmented_reproducible_and_drawn_per_image(tmp_path, f
     assert not torch.allclose(feats["view1"].values, feats["view2"].values)
     # The plain features keep their own file (shared with runs without views); a second cache is identical.
     assert len(list((tmp_path / "a").glob("features-*.pt"))) == 1 and len(list((tmp_path / "a").glob("views-*.pt"))) == 1
-    again, reloaded = cached_features(cfg, data, probe, cpu, tmp_path / "b"), cached_features(cfg, data, probe, cpu,
+    again, reloaded = cached_features(cfg, data, probe.backbone, cpu, tmp_path / "b"), cached_features(cfg, data, probe.backbone, cpu,
                                                                                               tmp_path / "a")
     assert set(reloaded) == set(feats)
     assert all(torch.equal(s[k].values, feats[k].values) and torch.equal(s[k].positions, feats[k].positions)
                for s in (again, reloaded) for k in feats)
 
-    trainer = Trainer(cfg, 12, data, tmp_path / "run", cpu, feats)
-    shards = trainer._epoch_shards()
-    for (rows, _, view), (fmap, labels) in zip(shards, trainer._feature_batches(shards)):
+    trainer = Trainer.from_config(cfg, 12, data, tmp_path / "run", cpu, feats)
+    shards = trainer.batches.shards()
+    for (rows, _, view), (fmap, labels) in zip(shards, trainer.batches.feature_batches(shards)):
         sets = [feats["train"], feats["view1"], feats["view2"]]
         for i, (r, v) in enumerate(zip(rows.tolist(), view.tolist())):
             pos = int(data.fit_pos[r])
             row = int((sets[v].positions == pos).nonzero())
             assert torch.equal(fmap[i], sets[v].values[row].float()) and labels[i] == data.train_labels[pos]
-    drawn = torch.cat([view for _ in range(5) for _, _, view in trainer._epoch_shards()])
+    drawn = torch.cat([view for _ in range(5) for _, _, view in trainer.batches.shards()])
     assert set(drawn.tolist()) == {0, 1, 2}  # every view is drawn, epoch after epoch
 
     # Without views every image takes its plain view, and the permutation and flips are unchanged.
     plain_cfg = TrainConfig.load(overrides=[f"data.root={folder_root}", *TINY, "train.frozen_backbone=true",
                                             "train.feature_flip=false"])
-    plain = Trainer(plain_cfg, 12, data, tmp_path / "run0", cpu, {k: feats[k] for k in ("train", "test")})
-    plain_shards = plain._epoch_shards()
+    plain = Trainer.from_config(plain_cfg, 12, data, tmp_path / "run0", cpu, {k: feats[k] for k in ("train", "test")})
+    plain_shards = plain.batches.shards()
     assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) and not b[2].any()
                for a, b in zip(shards, plain_shards))
     # ... and its batches are the cache's rows as stored, layout included (the layout decides the
     # rounding downstream, so runs without views train exactly as before views existed).
     cache_layout = feats["train"].values.is_contiguous(memory_format=torch.channels_last)
-    for (rows, _, _), (fmap, _) in zip(plain_shards, plain._feature_batches(plain_shards)):
+    for (rows, _, _), (fmap, _) in zip(plain_shards, plain.batches.feature_batches(plain_shards)):
         expected = feats["train"].values[torch.tensor([plain_row[int(data.fit_pos[r])] for r in rows.tolist()])]
         assert torch.equal(fmap, expected)
         assert fmap.is_contiguous(memory_format=torch.channels_last) == cache_layout
@@ -137,7 +137,7 @@ def test_cached_views_only_with_a_frozen_backbone(tmp_path, folder_root):
     # Fine-tuning augments the images themselves: a preset's views draw nothing and cache nothing.
     cfg = TrainConfig.load(overrides=[f"data.root={folder_root}", *TINY, "train.cached_views=2"])
     trainer = image_trainer(cfg, tmp_path, num_classes=3)
-    assert not any(view.any() for _ in range(5) for _, _, view in trainer._epoch_shards())
+    assert not any(view.any() for _ in range(5) for _, _, view in trainer.batches.shards())
     train(cfg, tmp_path / "run")
     assert not list((tmp_path / "run").rglob("views-*.pt"))
 
@@ -158,7 +158,7 @@ def test_an_epoch_reports_the_time_it_waited_for_data(folder_root, tmp_path):
     trainer.train_batches = slow_loader
     slow = trainer.train_epoch()
     assert 0.0 <= fast["data_wait"] < slow["data_wait"] <= 1.0
-    assert slow["data_wait"] > 0.5 and slow["seconds"] > 0.5 * trainer.steps_per_epoch
+    assert slow["data_wait"] > 0.5 and slow["seconds"] > 0.5 * trainer.batches.steps_per_epoch
 
 
 def test_posterior_head_trains_its_class_classifier(tmp_path, folder_root):
@@ -186,9 +186,9 @@ def test_augmentations_do_not_depend_on_the_workers_and_workers_persist(tmp_path
             draws.append([(images, labels, sizes) for images, labels, sizes in trainer.train_batches()])
             if workers:
                 if epoch == 0:
-                    first = (trainer._image_loader, trainer._image_loader._iterator._workers)
+                    first = (trainer.batches._image_loader, trainer.batches._image_loader._iterator._workers)
                 else:  # the same loader and the same worker processes serve the next epoch
-                    assert trainer._image_loader is first[0] and trainer._image_loader._iterator._workers == first[1]
+                    assert trainer.batches._image_loader is first[0] and trainer.batches._image_loader._iterator._workers == first[1]
         epochs[workers] = draws, torch.rand(1)
     (zero, after0), (two, after2) = epochs[0], epochs[2]
     assert torch.equal(after0, after2)

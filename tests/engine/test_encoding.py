@@ -5,7 +5,7 @@ import torch
 
 from gdf_pyg.data import SyntheticConfig, SyntheticFineGrained
 from gdf_pyg.models.gdfnet import GDFNet, GDFNetConfig
-from gdf_pyg.training.encoding import encode_cached, encode_dataset
+from gdf_pyg.engine.encoding import encode_cached, encode_dataset
 
 from ..conftest import TINY_BACKBONE
 

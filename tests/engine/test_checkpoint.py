@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from gdf_pyg.training.checkpoint import (
+from gdf_pyg.engine.checkpoint import (
     FORMAT_VERSION,
     CheckpointError,
     UnsafeCheckpointError,

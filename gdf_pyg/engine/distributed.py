@@ -10,10 +10,11 @@ and gathered, so no process waits inside a collective while another works alone.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import Iterator, List, Optional
 
 import torch
 import torch.distributed as dist
@@ -23,7 +24,8 @@ from ..nn.sync import all_gather_cat, is_distributed
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DistContext", "barrier", "close_distributed", "gather_rows", "init_distributed", "is_distributed"]
+__all__ = ["DistContext", "barrier", "close_distributed", "gather_rows", "init_distributed", "is_distributed",
+           "main_first"]
 
 
 @dataclass
@@ -78,6 +80,17 @@ def barrier(ctx: DistContext) -> None:
     """Waits for every process (nothing in a single process)."""
     if ctx.active:
         dist.barrier()
+
+
+@contextlib.contextmanager
+def main_first(ctx: DistContext) -> Iterator[None]:
+    """The block runs on the main process first, then on the others (who wait for it): for work
+    whose result the others read, such as a folder split written to disk or a file cache."""
+    if not ctx.is_main:
+        barrier(ctx)
+    yield
+    if ctx.is_main:
+        barrier(ctx)
 
 
 def gather_rows(tensors: List[Tensor], device: Optional[torch.device] = None) -> List[Tensor]:
