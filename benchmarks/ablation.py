@@ -4,8 +4,8 @@ Every variant trains through the library (``gdf_pyg.training.train``) on the cac
 a frozen ImageNet EfficientNet-Lite0, all four code lengths as heads of one shared encoder
 (``train.shared_encoder``), each code length at the epoch of its best validation mAP (a split
 of the training data, never the test set), for several seeds. Reported: test mAP@all (ties
-averaged) mean +/- sd over seeds; a difference from GDF-Net larger than 2 sd (the larger of
-the two) is marked. Two controls separate the graph from its capacity:
+averaged) mean +/- sample sd over seeds; a difference from GDF-Net larger than twice its
+standard error is marked, and each difference is reported with its standard error. Two controls separate the graph from its capacity:
 
 - "no edges": the same nodes, layers and readout, each node its own only neighbour;
 - "pooling + MLP": global pooling followed by layers of the graph's width and depth.
@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from .common import base_parser, command_line, markdown_table, pyplot, write_results
-from .settings import BITS, DATASETS, LITE0, QUICK_DATASET, SHARED, run_variant, summarise
+from .settings import BITS, DATASETS, LITE0, QUICK_DATASET, SHARED, difference, run_variant, sample_sd, summarise
 
 
 REFERENCE = "GDF-Net: dynamic 8-NN, EdgeConv"
@@ -38,7 +38,8 @@ QUICK_VARIANTS = ["global pooling", REFERENCE]
 
 
 def mark_differences(rows: List[Dict[str, object]]) -> None:
-    """Appends "(+)" or "(-)" where a variant differs from the reference by more than 2 sd."""
+    """Appends each variant's difference from the reference with its standard error, "(+)" or "(-)"
+    where it exceeds twice the standard error."""
     ref = next((r for r in rows if r["variant"] == REFERENCE), None)
     if ref is None:
         return
@@ -46,10 +47,9 @@ def mark_differences(rows: List[Dict[str, object]]) -> None:
         if row is ref:
             continue
         for b in BITS:
-            a, r = row[f"_{b}"], ref[f"_{b}"]
-            gap = statistics.mean(a) - statistics.mean(r)
-            if abs(gap) > 2 * max(statistics.pstdev(a), statistics.pstdev(r)):
-                row[f"{b} bits"] += " (+)" if gap > 0 else " (-)"
+            gap, se = difference(row[f"_{b}"], ref[f"_{b}"])
+            mark = (" (+)" if gap > 0 else " (-)") if abs(gap) > 2 * se else ""
+            row[f"{b} bits"] += f" [{gap:+.4f} ± {se:.4f}]{mark}"
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -84,8 +84,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         rows_all += [{"dataset": dataset, **r} for r in rows]
     name = "ablation" + ("_quick" if args.quick else "") + (f"_{args.datasets[0]}" if len(args.datasets) == 1 else "")
     text = (f"Test mAP@all (ties averaged), mean ± sd over {seeds} seeds; {epochs} epochs, each code length at its best "
-            "validation epoch; shared encoder, frozen Lite0 features. (+)/(-): differs from GDF-Net by more than "
-            "2 sd.\n\n" + "\n\n".join(body))
+            "validation epoch; shared encoder, frozen Lite0 features. [difference ± its standard error] from GDF-Net; "
+            "(+)/(-): more than 2 standard errors.\n\n" + "\n\n".join(body))
     md = write_results(args.results, name, "Ablation with controls", text, rows_all, command_line(argv, "ablation"))
     plot(rows_all, args.results / f"{name}.png")
     print(text)
@@ -102,7 +102,7 @@ def plot(rows: List[Dict[str, object]], path: Path) -> None:
     for ax, dataset in zip(axes[0], datasets):
         for r in (r for r in rows if r["dataset"] == dataset):
             means = [statistics.mean(r[f"_{b}"]) for b in BITS]
-            sds = [statistics.pstdev(r[f"_{b}"]) for b in BITS]
+            sds = [sample_sd(r[f"_{b}"]) for b in BITS]
             ax.errorbar(BITS, means, yerr=sds, marker="o", capsize=3, label=r["variant"])
         ax.set_title(dataset)
         ax.set_xlabel("bits")

@@ -11,7 +11,7 @@ whole network on augmented photos (random resized crops and flips):
 
 Each run picks its epoch on the validation split; reported are the validation mAP that chose
 it and the test mAP@all (ties averaged), mean +/- sd over seeds, with each recipe's gap to the
-frozen model on test and whether it exceeds 2 sd (the larger of the two), and the wall time of
+frozen model on test with its standard error and whether it exceeds 2 standard errors, and the wall time of
 a run. Choose a recipe by its validation columns, never by the test ones.
 
 Runs go to ``--jobs`` parallel processes (on a GPU they share the card; "from frozen" runs
@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .common import base_parser, command_line, markdown_table, slug, write_results
-from .settings import BITS, DATASETS, LITE0, QUICK_DATASET, SHARED, dataset_overrides
+from .settings import BITS, DATASETS, LITE0, QUICK_DATASET, SHARED, dataset_overrides, difference, sample_sd
 
 
 @dataclass(frozen=True)
@@ -105,7 +105,7 @@ def summarise(records: List[Dict[str, Any]], seeds: Sequence[int]) -> List[Dict[
             for key, column in (("val_map", f"val {b}"), ("map", f"{b} bits")):
                 values = [r[str(b)][key] for r in done.values()]
                 row[f"_{column}"] = values
-                row[column] = f"{statistics.mean(values):.4f} ± {statistics.pstdev(values):.4f}"
+                row[column] = f"{statistics.mean(values):.4f} ± {sample_sd(values):.4f}"
         rows.append(row)
     frozen = next((r for r in rows if r["recipe"] == FROZEN), None)
     for row in rows:
@@ -113,9 +113,8 @@ def summarise(records: List[Dict[str, Any]], seeds: Sequence[int]) -> List[Dict[
             continue
         for b in RECIPES[row["recipe"]].bits:
             a, f = row[f"_{b} bits"], frozen[f"_{b} bits"]
-            gap = statistics.mean(a) - statistics.mean(f)
-            beyond = abs(gap) > 2 * max(statistics.pstdev(a), statistics.pstdev(f))
-            row[f"{b} bits"] += f" ({gap:+.4f}{', beyond 2 sd' if beyond else ''})"
+            gap, se = difference(a, f)
+            row[f"{b} bits"] += f" ({gap:+.4f} ± {se:.4f}{', beyond 2 se' if abs(gap) > 2 * se else ''})"
     return rows
 
 
@@ -220,7 +219,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     body = (f"{dataset}; device {args.device}{', bf16 autocast where the backbone trains' if args.amp else ''}; "
             f"{args.jobs} runs at a time (the wall times of parallel runs overlap). val K: validation mAP of the epoch "
             "each run chose; K bits: test mAP@all (ties averaged); mean ± sd over seeds; (gap to the frozen model), "
-            "and whether it exceeds 2 sd; train images/s and data wait (the fraction of a training epoch spent waiting for "
+            "with its standard error and whether it exceeds 2 standard errors; train images/s and data wait (the fraction of a training epoch spent waiting for "
             "the next batch) of the first code length's training.\n\n" + markdown_table(rows, columns))
     md = write_results(args.results, stem, "Fine-tuning against the frozen backbone", body, rows, command_line(argv, "finetuning"))
     print(body)

@@ -27,6 +27,18 @@ QUICK_DATASET = ["data.dataset=synthetic", "data.synthetic.num_classes=6", "data
                  "model.aggregation.hidden_channels=16", "optim.batch_size=8"]
 
 
+def sample_sd(values: Sequence[float]) -> float:
+    """The sample standard deviation (n - 1 in the denominator) of the seeds' results; 0 for one."""
+    return statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def difference(a: Sequence[float], b: Sequence[float]) -> Tuple[float, float]:
+    """The difference of the means of ``a`` and ``b`` and its standard error,
+    :math:`\sqrt{s_a^2 / n_a + s_b^2 / n_b}` (Welch's, the seeds of the two settings independent)."""
+    gap = statistics.mean(a) - statistics.mean(b)
+    return gap, (sample_sd(a) ** 2 / len(a) + sample_sd(b) ** 2 / len(b)) ** 0.5
+
+
 def dataset_overrides(name: str, root: Optional[Path] = None) -> List[str]:
     """The overrides of data set ``name`` (:data:`DATASETS`), its ``data.root`` replaced by ``root`` if given."""
     if root is None:
@@ -69,6 +81,6 @@ def summarise(name: str, runs: List[Dict[str, float]], bits: Sequence[int] = BIT
     for b in bits:
         values = [r[f"_{b}"] for r in runs]
         row[f"_{b}"] = values
-        row[f"{b} bits"] = f"{statistics.mean(values):.4f} ± {statistics.pstdev(values):.4f}"
+        row[f"{b} bits"] = f"{statistics.mean(values):.4f} ± {sample_sd(values):.4f}"
     row["s / run"] = statistics.mean(r["_seconds"] for r in runs)
     return row

@@ -31,7 +31,7 @@ from gdf_pyg.training.config import TrainConfig
 from gdf_pyg.training.run import train
 
 from .common import barh_plot, base_parser, command_line, markdown_table, write_results
-from .settings import BITS, DATASETS, LITE0, QUICK_DATASET, SHARED, dataset_overrides, preset_config
+from .settings import BITS, DATASETS, LITE0, QUICK_DATASET, SHARED, dataset_overrides, preset_config, sample_sd
 
 CONFIGS: Dict[str, List[str]] = {
     "hash layer on the features (cpu preset 0.5)": ["model.hash_input=features"],
@@ -134,7 +134,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             for key in runs[0]:
                 values = [r[key] for r in runs]
                 row[key] = values
-                row[key[1:]] = (f"{statistics.mean(values):.4f} ± {statistics.pstdev(values):.4f}" if len(values) > 1
+                row[key[1:]] = (f"{statistics.mean(values):.4f} ± {sample_sd(values):.4f}" if len(values) > 1
                                 else f"{values[0]:.4f}")
             rows.append(row)
             print(f"done: {config}: " + ", ".join(f"{k[1:]} {row[k[1:]]}" for k in runs[0]), flush=True)

@@ -14,12 +14,12 @@ import warnings
 
 from ._moved import install as _install_moved_modules
 from .utils.lazy import lazy_exports
+from .utils.version import __version__
 
 # torch_geometric calls torch.jit.script at import, which this torch deprecates: a warning on
 # every start that no user of gdf-pyg can act on. Only that message is silenced.
 warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
 
-__version__ = "0.8.0"
 
 _names, __getattr__, __dir__ = lazy_exports(__name__, {
     "GDFNet": ".models.gdfnet", "GDFNetConfig": ".models.gdfnet", "GDFOutput": ".models.gdfnet",

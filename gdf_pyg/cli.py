@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import sys
 import time
 from pathlib import Path
@@ -44,7 +45,8 @@ def _encoding(p: argparse.ArgumentParser) -> None:
     """Options of the commands that encode image folders."""
     p.add_argument("--batch-size", type=int, default=None,
                    help="images per encoding batch (default: the checkpoint's eval.batch_size)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    p.add_argument("--device", default="auto",
+                   help="cpu, cuda[:N], or auto: the kind of device the run trained on, where there is one")
     p.add_argument("--skip-bad-images", action="store_true", help="skip unreadable images (logged and counted)")
 
 
@@ -111,7 +113,8 @@ def _eval_folders(args: argparse.Namespace, model, batch_size: int, progress):
         if unlabelled:
             raise DatasetLayoutError(f"{flag}: {len(unlabelled)} image(s) have no class (first: {unlabelled[0].path}); "
                                      "eval needs one sub-folder per class")
-    opts = dict(batch_size=batch_size, device=args.device, skip_bad=args.skip_bad_images, progress=progress)
+    opts = dict(batch_size=batch_size, device=next(model.parameters()).device, skip_bad=args.skip_bad_images,
+                progress=progress)
     db, db_keep, s1 = encode_records(model, db_records, **opts)
     q, q_keep, s2 = encode_records(model, q_records, **opts)
     db_labels = torch.tensor([db_records[i].label for i in db_keep])
@@ -125,15 +128,23 @@ def _eval_run_data(args: argparse.Namespace, ckpt: Path, model, state, batch_siz
 
     from .data.loading import resolve_num_workers
     from .training.config import TrainConfig
-    from .training.run_data import build_run_data, check_identity, run_evaluator
+    from .training.run_data import (build_run_data, check_identity, queries_seen_in_training, require_recorded_split,
+                                    run_evaluator)
     from .utils.config_io import apply_overrides
 
     cfg = TrainConfig.from_dict(apply_overrides(state["config"], args.overrides))
     run_dir = ckpt.parent.parent
+    if not args.resplit:
+        require_recorded_split(run_dir, cfg.data)
     data = build_run_data(cfg, model.image_config, None if args.resplit else run_dir)
-    if not args.resplit and not args.overrides:
+    if not args.resplit:  # with overrides too: data.root=... may point at other files
         check_identity(run_dir, data)
-    device = torch.device(args.device)
+    else:
+        seen = queries_seen_in_training(run_dir, data)
+        log.warning("--resplit: %s of the %d queries of the new split were among the run's training images%s",
+                    "an unknown number (the run recorded no dataset.json)" if seen is None else seen,
+                    len(data.test_paths), "" if not seen else ": their codes were learned, and the mAP is optimistic")
+    device = next(model.parameters()).device
     evaluator = run_evaluator(data, device, batch_size, num_workers=resolve_num_workers(cfg.data.num_workers, device),
                               progress=progress)
     queries, database = evaluator.codes(model, "test"), evaluator.codes(model, "train")
@@ -152,7 +163,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     dataset_name, num_classes, skipped_all = "", 0, []
     for ckpt in _checkpoints(args.checkpoint):
         model, state = load_model(ckpt, args.device)
-        batch_size = args.batch_size or eval_batch_size(state, args.device)
+        batch_size = args.batch_size or eval_batch_size(state, next(model.parameters()).device)
         if args.query or args.database:
             q, q_labels, db, db_labels, dataset_name, num_classes, skipped = _eval_folders(
                 args, model, batch_size, progress)
@@ -286,10 +297,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", default=None, help="model to encode the queries (default: the index's)")
     p.add_argument("--grid", default=None, metavar="PNG", help="also draw queries and results into this picture")
     p.add_argument("--json", action="store_true", help="print results as JSON")
-    p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    p.add_argument("--device", default="auto",
+                   help="cpu, cuda[:N], or auto: the kind of device the run trained on, where there is one")
     _common(p)
     p.set_defaults(func=cmd_query)
     return parser
+
+
+_OVERRIDE = re.compile(r"^[A-Za-z_][\w.]*=")
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]]) -> argparse.Namespace:
+    """The command line, with ``key=value`` overrides allowed on both sides of options, as users
+    type them (``train --preset cpu --out R data.dataset=folder --no-progress data.root=D``):
+    argparse gives a positional list only the run of words before the first option, so the
+    overrides after it are collected here, in the order typed; any other stray word is an error."""
+    args, extra = parser.parse_known_args(argv)
+    stray = [word for word in extra if not _OVERRIDE.match(word)]
+    if stray or (extra and not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(stray or extra)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
+    return args
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -303,7 +332,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     from .utils.allocator import keep_freed_memory
 
-    args = build_parser().parse_args(argv)
+    args = parse_args(build_parser(), argv)
     _setup_logging(args.verbose)
     keep_freed_memory()  # this process's allocator: reuse freed activation memory (CPU inference 1.5x)
     try:

@@ -171,3 +171,59 @@ def test_a_root_of_linked_class_folders_trains_and_evaluates(tmp_path, folder_ro
     files = [f for f, _ in identity["database"] + identity["query"]]
     assert len(files) == 10 and all(f.split("/")[0] in ("BLACK SWAN", "ROCK DOVE") for f in files)
     assert main(["eval", "--checkpoint", str(run), "--out", str(tmp_path / "eval"), "--topk", "5", "--no-progress"]) == 0
+
+
+def test_eval_checks_its_data_whatever_the_overrides_and_refuses_a_run_without_its_split(tmp_path, folder_root, caplog):
+    import shutil
+
+    run = tmp_path / "run"
+    assert main(["train", "--out", str(run), "--no-progress", f"data.root={folder_root}", "train.bits=[12]",
+                 "train.frozen_backbone=true", *TINY]) == 0
+
+    def evaluate(checkpoint, *extra):
+        return main(["eval", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "eval"), "--topk", "5",
+                     "--no-progress", *extra])
+
+    write_image(folder_root / "BLUE JAY" / "2.jpg", 99, size=(41, 30))  # a photo of the run changed
+    # An override, even one that changes nothing about the data, does not switch the check off.
+    assert evaluate(run, "data.num_workers=0") == 2
+    assert "changed size: BLUE JAY/2.jpg" in caplog.text
+    # The data copied elsewhere and named by data.root: the same files, so the same data.
+    copy = tmp_path / "copy"
+    shutil.copytree(folder_root, copy)
+    assert evaluate(run, f"data.root={copy}") == 2  # the copy holds the changed photo too
+    write_image(copy / "BLUE JAY" / "2.jpg", 1 * 10 + 1)  # restore the original photo in the copy (seed 11)
+    assert evaluate(run, f"data.root={copy}") == 0
+    # A checkpoint copied out of its run folder cannot be checked: refused, unless --resplit.
+    elsewhere = tmp_path / "elsewhere" / "bits12"
+    elsewhere.mkdir(parents=True)
+    shutil.copy(run / "bits12" / "best.pt", elsewhere / "best.pt")
+    caplog.clear()
+    assert evaluate(elsewhere / "best.pt", f"data.root={copy}") == 2
+    assert "has no dataset.json and no split.json" in caplog.text and "--resplit" in caplog.text
+    assert evaluate(elsewhere / "best.pt", f"data.root={copy}", "--resplit") == 0
+    assert "--resplit: an unknown number (the run recorded no dataset.json) of the 3 queries" in caplog.text
+    # --resplit in the run folder says how many new queries the model trained on.
+    caplog.clear()
+    assert evaluate(run, f"data.root={copy}", "--resplit", "data.split_seed=5") == 0
+    seen = int(caplog.text.split("--resplit: ")[1].split(" of the")[0])
+    assert 0 < seen <= 3 and "their codes were learned" in caplog.text
+
+
+def test_overrides_mix_with_options_in_any_order(tmp_path, folder_root):
+    from gdf_pyg.cli import parse_args
+
+    parser = build_parser()
+    a = parse_args(parser, ["train", "--preset", "cpu", "--out", "run", "data.dataset=folder", "--no-progress",
+                            f"data.root={folder_root}"])
+    b = parse_args(parser, ["train", "data.dataset=folder", f"data.root={folder_root}", "--preset", "cpu", "--out",
+                            "run", "--no-progress"])
+    assert a.overrides == b.overrides == ["data.dataset=folder", f"data.root={folder_root}"]
+    assert a.out == b.out == "run" and a.no_progress and b.no_progress
+    with pytest.raises(SystemExit):
+        parse_args(parser, ["train", "--out", "run", "data.dataset=folder", "--no-progress", "stray"])
+    with pytest.raises(SystemExit):
+        parse_args(parser, ["index", "--checkpoint", "c", "--images", "i", "--out", "o", "data.root=x"])
+    # and a run typed that way trains on what the overrides say
+    assert main(["train", "--out", str(tmp_path / "run"), *TINY[:3], "--no-progress", f"data.root={folder_root}",
+                 *TINY[3:], "train.bits=[12]", "train.frozen_backbone=true"]) == 0

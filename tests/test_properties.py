@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -50,11 +51,10 @@ def test_knn_dense_properties(data):
     check_knn(x, batch, k, knn_graph(x, k, batch, backend="dense"))
 
 
+@pytest.mark.skipif(not has_torch_cluster(), reason="torch-cluster is not installed (scripts/setup.sh --with-cluster)")
 @SETTINGS
 @given(point_sets())
 def test_knn_torch_cluster_properties(data):
-    if not has_torch_cluster():
-        return
     x, batch, k = data
     ei = knn_graph(x, k, batch, backend="torch_cluster")
     check_knn(x, batch, k, ei)

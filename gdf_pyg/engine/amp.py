@@ -1,12 +1,12 @@
-"""Mixed precision: bfloat16 autocast on CPU and CUDA, or none."""
+"""Precision: bfloat16 autocast on CPU and CUDA for training, or none; true float32 for encoding."""
 from __future__ import annotations
 
 import contextlib
-from typing import ContextManager
+from typing import ContextManager, Iterator
 
 import torch
 
-__all__ = ["autocast"]
+__all__ = ["autocast", "full_float32"]
 
 
 def autocast(device: torch.device, enabled: bool) -> ContextManager:
@@ -19,3 +19,19 @@ def autocast(device: torch.device, enabled: bool) -> ContextManager:
     if not enabled:
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+@contextlib.contextmanager
+def full_float32() -> Iterator[None]:
+    """Float32 matrix products and convolutions on a GPU computed in float32, not TF32 (which
+    CUDA convolutions use by default): codes then do not depend on whether the card rounds
+    inputs to 10 mantissa bits, and a card's codes match the CPU's up to float32 rounding."""
+    if not torch.cuda.is_available():
+        yield
+        return
+    matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn

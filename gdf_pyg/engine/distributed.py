@@ -14,7 +14,7 @@ import contextlib
 import logging
 import os
 from dataclasses import dataclass
-from typing import Iterator, List, Optional
+from typing import Any, Iterator, List, Optional
 
 import torch
 import torch.distributed as dist
@@ -24,8 +24,8 @@ from ..nn.sync import all_gather_cat, is_distributed
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DistContext", "barrier", "close_distributed", "gather_rows", "init_distributed", "is_distributed",
-           "main_first"]
+__all__ = ["DistContext", "all_true", "barrier", "close_distributed", "every_process", "from_main", "gather_rows",
+           "init_distributed", "is_distributed", "main_first", "process_seed"]
 
 
 @dataclass
@@ -80,6 +80,42 @@ def barrier(ctx: DistContext) -> None:
     """Waits for every process (nothing in a single process)."""
     if ctx.active:
         dist.barrier()
+
+
+def all_true(flag: bool, ctx: DistContext) -> bool:
+    """Whether ``flag`` holds on every process (each decides from what it sees, such as its own
+    disk; all get the same answer, so none skips work the others wait for)."""
+    if not ctx.active:
+        return bool(flag)
+    on_gpu = dist.get_backend() == "nccl"  # nccl reduces only tensors on the process's GPU
+    value = torch.tensor([int(bool(flag))], device=torch.device("cuda", torch.cuda.current_device()) if on_gpu else None)
+    dist.all_reduce(value, op=dist.ReduceOp.MIN)
+    return bool(value.item())
+
+
+def from_main(value: Any, ctx: DistContext) -> Any:
+    """The main process's ``value``, on every process (what the main process read from its disk,
+    sent to processes of other machines, which may not see the file)."""
+    if not ctx.active:
+        return value
+    box = [value if ctx.is_main else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def every_process(value: Any, ctx: DistContext) -> List[Any]:
+    """Every process's ``value``, in rank order, on every process."""
+    if not ctx.active:
+        return [value]
+    out: List[Any] = [None] * ctx.world_size
+    dist.all_gather_object(out, value)
+    return out
+
+
+def process_seed(seed: int, rank: int) -> int:
+    """The seed of process ``rank``'s own generators (dropout, anything drawn per process): the
+    run's seed on the main process, so one process draws as a single-process run does."""
+    return seed if rank == 0 else (seed * 1_000_003 + rank) % (2**63 - 1)
 
 
 @contextlib.contextmanager

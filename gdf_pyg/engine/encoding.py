@@ -22,9 +22,10 @@ import torch.distributed as dist
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from ..data.loading import loader_options
+from ..data.loading import SeededItems, item_seed, loader_options
 from ..data.records import collate_skipping_bad
 from ..utils.progress import Progress, no_progress
+from .amp import full_float32
 from .checkpoint import save_checkpoint
 from .distributed import DistContext, gather_rows
 
@@ -105,10 +106,15 @@ class ImageEncoder:
     """
 
     def __init__(self, dataset: Dataset, batch_size: int, device: torch.device, *, ctx: Optional[DistContext] = None,
-                 num_workers: int = 0, paths: Optional[Sequence[str]] = None, persistent: bool = True) -> None:
+                 num_workers: int = 0, paths: Optional[Sequence[str]] = None, persistent: bool = True,
+                 seed: Optional[int] = None) -> None:
         self.dataset, self.device, self.ctx, self.paths = dataset, device, ctx or DistContext(), paths
         self.plan, self.first = _batch_plan(len(dataset), batch_size, self.ctx)
-        self.loader = DataLoader(dataset, batch_sampler=self.plan, collate_fn=collate_skipping_bad,
+        batches: Sequence[Sequence[Any]] = self.plan
+        if seed is not None:  # random transforms: each item drawn from its own seed, whatever the workers
+            dataset = SeededItems(dataset)
+            batches = [[(i, item_seed(seed, 0, i)) for i in batch] for batch in self.plan]
+        self.loader = DataLoader(dataset, batch_sampler=batches, collate_fn=collate_skipping_bad,
                                  **loader_options(num_workers, device, persistent))
 
     def __call__(self, fn: Callable[[Tensor], Tensor], *, progress: Progress = no_progress, desc: str = "encode",
@@ -119,7 +125,7 @@ class ImageEncoder:
                                                           total=len(self.plan)), start=self.first):
             if images is None:
                 continue
-            with torch.inference_mode():
+            with torch.inference_mode(), full_float32():
                 values.append(_from_device(fn(images.to(device, non_blocking=True)).float()))
             positions.append(indices)
             batches.append(torch.full((len(indices),), b, dtype=torch.long))
@@ -148,16 +154,19 @@ def encode_dataset(
     desc: str = "encode",
     skipped: Optional[List[str]] = None,
     paths: Optional[Sequence[str]] = None,
+    seed: Optional[int] = None,
 ) -> EncodedSet:
     """Applies ``fn`` (images on ``device`` -> tensor) to every readable image, in batches of
     ``batch_size`` in dataset order, in float32 and inference mode.
 
     With several processes (``ctx``) each encodes a contiguous share of the batches and every
     process receives all rows; unreadable images (``skip_bad`` datasets) of every process are
-    appended to ``skipped``. On a GPU the batches queue without waiting for each other's results.
+    appended to ``skipped``. On a GPU the batches queue without waiting for each other's results,
+    in true float32 (no TF32). ``seed``: a dataset with random transforms draws each image's from
+    a seed of its own (``seed`` and its position), so the result does not depend on the workers.
     """
     encoder = ImageEncoder(dataset, batch_size, device, ctx=ctx, num_workers=num_workers, paths=paths,
-                           persistent=False)
+                           persistent=False, seed=seed)
     return encoder(fn, progress=progress, desc=desc, skipped=skipped)
 
 
@@ -185,7 +194,7 @@ def encode_cached(fn: Callable[[Tensor], Tensor], cached: EncodedSet, device: to
         groups = [(a, min(a + chunk, len(cached.values))) for a in range(0, len(cached.values), chunk)]
     values, keep = [], []
     for a, b in groups[ctx.shard(len(groups))]:
-        with torch.inference_mode():
+        with torch.inference_mode(), full_float32():
             values.append(_from_device(fn(cached.values[a:b].to(device, non_blocking=True)).float()))
         keep.append(torch.arange(a, b))
     rows = torch.cat(keep) if keep else torch.empty(0, dtype=torch.long)

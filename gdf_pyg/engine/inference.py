@@ -1,6 +1,7 @@
 """A trained model for inference: the device it runs on and loading it from a checkpoint."""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any, Dict, Tuple
 
@@ -10,7 +11,9 @@ from ..models.gdfnet import GDFNet, GDFNetConfig
 from ..utils.checks import ConfigError
 from .checkpoint import load_checkpoint
 
-__all__ = ["load_model", "resolve_device"]
+log = logging.getLogger(__name__)
+
+__all__ = ["load_model", "model_device", "resolve_device"]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -22,13 +25,29 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def load_model(path: Path | str, device: str | torch.device = "cpu") -> Tuple[GDFNet, Dict[str, Any]]:
+def model_device(name: str | torch.device, state: Dict[str, Any]) -> torch.device:
+    """The device to run a checkpoint's model on: ``name``, or for ``"auto"`` the kind of device
+    the run trained on (recorded in the checkpoint) where this machine has one, so that codes
+    equal training's; a GPU-trained model on a machine without one runs on the CPU, with a warning
+    that its codes may differ from training's by float rounding."""
+    if str(name) != "auto":
+        return torch.device(name)
+    trained = state.get("device", "cpu")
+    if trained == "cuda" and not torch.cuda.is_available():
+        log.warning("the model was trained on a GPU and no GPU is available: encoding on the CPU, where codes may "
+                    "differ from training's by float rounding")
+        return torch.device("cpu")
+    return torch.device(trained)
+
+
+def load_model(path: Path | str, device: str | torch.device = "auto") -> Tuple[GDFNet, Dict[str, Any]]:
     """A trained model from a checkpoint (``best.pt`` or ``last.pt``), in evaluation mode, and the
-    checkpoint's data.
+    checkpoint's data; on ``device`` (``"auto"``: :func:`model_device`).
 
     The backbone is rebuilt without downloading: its weights come from the checkpoint.
     """
     state = load_checkpoint(path)
+    device = model_device(device, state)
     if "model_config" not in state:
         raise ConfigError(f"{path}: not a gdf-pyg model checkpoint (no model_config)")
     mcfg = GDFNetConfig.from_dict({**state["model_config"],

@@ -16,7 +16,8 @@ from ..nn.graph import GraphBuilder, GraphConfig
 from ..nn.hash import HASH_INPUTS, HashHead
 from ..nn.nodes import NodesConfig, make_nodes
 from ..presets import load_preset_dict
-from ..utils.checks import choice, require
+from .hub import CONFIG_FILE, WEIGHTS_FILE, PretrainedFormatError, check_weights, read_pretrained, resolve_pretrained, write_pretrained
+from ..utils.checks import ConfigError, choice, require
 from ..utils.codes import binarize
 from ..utils.config_io import apply_overrides, from_dict, load_yaml, to_dict
 
@@ -248,6 +249,10 @@ class GDFNet(nn.Module):
         """Everything after the backbone (trained alone in frozen-backbone mode)."""
         return nn.ModuleList([self.encoder, self.head])
 
+    def hash_heads(self) -> List[HashHead]:
+        """The hash head(s): one, or one per code length of a shared encoder."""
+        return [self.head]
+
     def forward_features(self, images: Tensor) -> Tensor:
         """Backbone feature map :math:`(B, C, H, W)`."""
         if images.dim() != 4 or images.size(1) != 3:
@@ -280,6 +285,38 @@ class GDFNet(nn.Module):
             return binarize(forward(inputs).codes)
         finally:
             self.train(was_training)
+
+    # ---- the ecosystem's form: save_pretrained / from_pretrained ---------------------------
+    def save_pretrained(self, folder: Union[str, Path], *, classes: Sequence[str] = (), card: str = "",
+                        **info: Any) -> Path:
+        """Writes this model as a self-contained folder (:mod:`gdf_pyg.models.hub`):
+        ``model.safetensors``, ``config.json`` (the model's configuration, code length, ``classes``,
+        the backbone's data config, and ``info``) and the model card ``README.md`` (``card``)."""
+        config = {"model_config": self.config.to_dict(), "bits": self.bits, "classes": list(classes),
+                  "image_config": {k: list(v) if isinstance(v, tuple) else v for k, v in self.image_config.items()},
+                  **info}
+        return write_pretrained(folder, self.state_dict(), config, card or f"# GDF-Net, {self.bits} bits\n")
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: Union[str, Path], device: Union[str, torch.device] = "cpu"
+                        ) -> "GDFNet":
+        """The model of a folder written by :meth:`save_pretrained` (or a hub id ``user/model``,
+        where a network is), in evaluation mode; nothing but that folder is read. Its
+        ``config.json`` is kept as :attr:`pretrained_info`."""
+        folder = resolve_pretrained(name_or_path)
+        info, weights = read_pretrained(folder)
+        data = dict(info["model_config"])
+        # the weights are in the folder: the backbone is built without fetching or reading others
+        data["backbone"] = {**data.get("backbone", {}), "pretrained": False, "weights_file": None}
+        try:
+            config = GDFNetConfig.from_dict(data)
+        except ConfigError as err:
+            raise PretrainedFormatError(f"{folder / CONFIG_FILE}: {err}") from err
+        model = cls(config)
+        check_weights(folder / WEIGHTS_FILE, model, weights)
+        model.load_state_dict(weights)
+        model.pretrained_info = info
+        return model.to(device).eval()
 
     def __repr__(self) -> str:
         c = self.config
@@ -314,6 +351,9 @@ class SharedEncoderGDFNet(GDFNet):
 
     def head_modules(self) -> nn.ModuleList:
         return nn.ModuleList([self.encoder, self.heads])
+
+    def hash_heads(self) -> List[HashHead]:
+        return list(self.heads.values())
 
     def forward_head(self, fmap: Tensor) -> GDFOutput:
         features = self.encoder(fmap)

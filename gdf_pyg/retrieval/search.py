@@ -74,10 +74,11 @@ def encode_records(model: GDFNet, records: Sequence[ImageRecord], *, batch_size:
 
 
 def build_index(checkpoint: Path | str, images: Path | str, out: Path | str, *, batch_size: Optional[int] = None,
-                device: str = "cpu", skip_bad: bool = False, progress: Progress = no_progress) -> SavedIndex:
+                device: str = "auto", skip_bad: bool = False, progress: Progress = no_progress) -> SavedIndex:
     """Encodes every image under ``images`` with the model of ``checkpoint`` into ``out``
     (in batches of ``batch_size``, by default the checkpoint's ``eval.batch_size``)."""
     model, state = load_model(checkpoint, device)
+    device = next(model.parameters()).device
     batch_size = batch_size or eval_batch_size(state, device)
     records, classes = collect_images(images)
     codes, kept, skipped = encode_records(model, records, batch_size=batch_size, device=device,
@@ -97,7 +98,7 @@ def build_index(checkpoint: Path | str, images: Path | str, out: Path | str, *, 
 
 
 def query_index(index_dir: Path | str, images: Sequence[Path | str], *, topk: int = 10, engine: str = "auto",
-                checkpoint: Optional[Path | str] = None, device: str = "cpu") -> List[Dict[str, Any]]:
+                checkpoint: Optional[Path | str] = None, device: str = "auto") -> List[Dict[str, Any]]:
     """Top-``topk`` database items of each query image, nearest first (ties by index order).
 
     Each result is ``{"query", "query_label", "hits": [{"rank", "distance", "path", "label", "match"}]}``;
@@ -117,6 +118,7 @@ def query_index(index_dir: Path | str, images: Sequence[Path | str], *, topk: in
         path = Path(img)
         label = saved.classes.index(path.parent.name) if path.parent.name in saved.classes else -1
         records.append(ImageRecord(path, label))
+    device = next(model.parameters()).device
     codes, kept, _ = encode_records(model, records, batch_size=eval_batch_size(state, device), device=device)
     dist, ids = saved.index(engine).search(pack_codes(codes), topk)
     results = []

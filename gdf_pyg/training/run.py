@@ -16,14 +16,14 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+import timm
 import torch
-import torch.distributed as dist
 from torch import nn
 
 from ..data.loading import resolve_eval_batch_size, resolve_num_workers
 from ..data.transforms import TRAIN_SCALE
-from ..engine.checkpoint import capture_rng, restore_rng, save_checkpoint, seed_everything
-from ..engine.distributed import DistContext, barrier, close_distributed, init_distributed, main_first
+from ..engine.checkpoint import save_checkpoint
+from ..engine.distributed import DistContext, all_true, barrier, close_distributed, from_main, init_distributed, main_first
 from ..engine.encoding import EncodedSet, cache_key, encode_dataset, load_feature_cache, save_feature_cache
 from ..engine.inference import resolve_device
 from ..models.gdfnet import GDFNet
@@ -32,13 +32,14 @@ from ..utils.checks import ConfigError
 from ..utils.config_io import to_dict
 from ..utils.profiling import evaluation_region
 from ..utils.progress import Progress, no_progress
+from ..utils.version import __version__
 from .config import TrainConfig
 from .run_data import RunData, build_run_data
 from .trainer import Trainer
 
 log = logging.getLogger(__name__)
 
-__all__ = ["cached_features", "train", "train_bits", "train_shared"]
+__all__ = ["cached_features", "feature_cache_identity", "train", "train_bits", "train_shared"]
 
 
 def cached_features(cfg: TrainConfig, data: RunData, backbone: nn.Module, device: torch.device, cache_dir: Path,
@@ -51,12 +52,7 @@ def cached_features(cfg: TrainConfig, data: RunData, backbone: nn.Module, device
     (``view1``, ``view2``, ...; positions in the training split), kept in a file of their own."""
     ctx = ctx or DistContext()
     batch_size = resolve_eval_batch_size(cfg.eval.batch_size, device, cfg.model.img_size)
-    identity = {"backbone": to_dict(cfg.model.backbone), "img_size": cfg.model.img_size,
-                "batch_size": batch_size, "data": data.identity, "format": "float32"}
-    weights = cfg.model.backbone.weights_file
-    if weights:
-        wf = Path(weights).expanduser()
-        identity["weights"] = [str(wf.resolve()), wf.stat().st_size, int(wf.stat().st_mtime)]
+    identity = feature_cache_identity(cfg, data, device, batch_size)
     backbone.eval()
     plain = (("train", data.train_eval, data.train_paths), ("test", data.test_eval, data.test_paths))
     sets = _cached_sets(cache_dir / f"features-{cache_key(identity)}.pt", plain, cfg, batch_size, backbone, device,
@@ -65,39 +61,56 @@ def cached_features(cfg: TrainConfig, data: RunData, backbone: nn.Module, device
     if views:
         # Training inputs only, never replayed into reported codes: float16 halves their size.
         view_identity = {**identity, "views": views, "scale": list(TRAIN_SCALE), "fit": data.fit_pos.tolist(),
-                         "format": "float16"}
+                         "format": "float16", "views_seed": cfg.train.seed}
         augmented = [(f"view{v}", data.train_aug, data.fit_paths) for v in range(1, views + 1)]
         view_sets = _cached_sets(cache_dir / f"views-{cache_key(view_identity)}.pt", augmented, cfg, batch_size,
-                                 backbone, device, progress, ctx, [], torch.float16)  # unreadable: as in the plain view
+                                 backbone, device, progress, ctx, [], torch.float16,  # unreadable: as in the plain view
+                                 seed=cfg.train.seed)
         for view in view_sets.values():
             view.positions = data.fit_pos[view.positions]  # rows of train_aug -> positions in the split
         sets.update(view_sets)
     return sets
 
 
+def feature_cache_identity(cfg: TrainConfig, data: RunData, device: torch.device, batch_size: int) -> Dict[str, Any]:
+    """Everything that decides the cached maps (the cache's file is named by its hash): the
+    backbone and its weights file, the image size and batches, the data's files, the device, how
+    unreadable images are handled, the seed of a randomly initialised backbone, and the versions of
+    the libraries that compute the maps."""
+    bb = cfg.model.backbone
+    identity = {"backbone": to_dict(bb), "img_size": cfg.model.img_size, "batch_size": batch_size,
+                "data": data.identity, "format": "float32", "device": device.type,
+                "skip_bad_images": cfg.data.skip_bad_images,
+                "seed": cfg.train.seed if not (bb.pretrained or bb.weights_file) else None,
+                "versions": {"gdf_pyg": __version__, "torch": torch.__version__, "timm": timm.__version__}}
+    if bb.weights_file:
+        wf = Path(bb.weights_file).expanduser()
+        identity["weights"] = [str(wf.resolve()), wf.stat().st_size, int(wf.stat().st_mtime)]
+    return identity
+
+
 def _cached_sets(path: Path, sources: Sequence[Tuple[str, Any, List[str]]], cfg: TrainConfig, batch_size: int,
                  backbone: nn.Module, device: torch.device, progress: Progress, ctx: DistContext, skipped: List[str],
-                 dtype: torch.dtype = torch.float32) -> Dict[str, EncodedSet]:
+                 dtype: torch.dtype = torch.float32, seed: Optional[int] = None) -> Dict[str, EncodedSet]:
     """The feature maps of ``(name, dataset, paths)`` sources from ``path``, or encoded (kept in
     ``dtype``) and saved there; images skipped as unreadable are appended to ``skipped``.
-    Augmented datasets are encoded with their random draws seeded by the source's place, so a
-    cache is reproducible; the generators' state is restored after, so a run draws the same
-    numbers whether it finds its cache or computes it."""
-    found = load_feature_cache(path)
-    if found is not None:
-        sets, unreadable = found
+
+    The file is read only when every process sees it (machines without a shared disk: otherwise
+    all compute the maps together, and the main process writes them). With ``seed`` (augmented
+    datasets) each image of source ``i`` is drawn from its own seed, from ``seed`` and ``i``: the
+    cache is reproducible, follows the run's seed, and does not depend on the workers."""
+    if all_true(path.is_file(), ctx):
+        sets, unreadable = load_feature_cache(path)
         skipped.extend(unreadable)
         return sets
-    before, rng = len(skipped), capture_rng()
+    before = len(skipped)
     sets = {}
     for i, (name, ds, paths) in enumerate(sources):
-        seed_everything(i)
         sets[name] = encode_dataset(backbone, ds, batch_size, device, ctx=ctx,
                                     num_workers=resolve_num_workers(cfg.data.num_workers, device),
-                                    progress=progress if ctx.is_main else no_progress,
-                                    desc=f"features {name}", skipped=skipped, paths=paths)
+                                    progress=progress if ctx.is_main else no_progress, desc=f"features {name}",
+                                    skipped=skipped, paths=paths, seed=None if seed is None else seed * 1000 + i)
         sets[name].values = sets[name].values.to(dtype)
-    restore_rng(rng)
     if ctx.is_main:
         save_feature_cache(path, sets, skipped[before:])
     return sets
@@ -138,12 +151,9 @@ def _final_result(cfg: TrainConfig, trainer: Trainer, model: GDFNet, bits: int, 
 
 
 def _finished(paths: Sequence[Path], ctx: DistContext) -> bool:
-    """Whether every ``result.json`` exists, as the main process sees it (every process is told,
-    so that a process that does not see the main process's disk still decides alike)."""
-    seen = [all(p.is_file() for p in paths)]
-    if ctx.active:
-        dist.broadcast_object_list(seen, src=0)
-    return bool(seen[0])
+    """Whether the files exist as the main process sees them: every process is told, so that one
+    on a machine that does not share the main process's disk still decides alike."""
+    return bool(from_main(all(p.is_file() for p in paths), ctx))
 
 
 def train_bits(cfg: TrainConfig, bits: int, data: RunData, run_dir: Path, device: torch.device,

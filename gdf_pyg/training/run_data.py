@@ -38,7 +38,8 @@ from .config import TrainConfig
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DatasetChangedError", "RunData", "build_run_data", "check_identity", "run_evaluator"]
+__all__ = ["DatasetChangedError", "RunData", "build_run_data", "check_identity", "queries_seen_in_training",
+           "require_recorded_split", "run_evaluator"]
 
 SPLIT_FILE = "split.json"
 IDENTITY_FILE = "dataset.json"
@@ -187,7 +188,8 @@ def check_identity(run_dir: Path, data: RunData) -> None:
         return
     recorded = json.loads(path.read_text())
     problems = []
-    for key in ("dataset", "root", "bbox", "max_classes"):
+    # The root itself may move (data.root overridden to a copy): the files under it must not.
+    for key in ("dataset", "bbox", "max_classes"):
         if recorded.get(key) != data.identity.get(key):
             problems.append(f"{key} was {recorded.get(key)!r}, now {data.identity.get(key)!r}")
     for split in ("database", "query"):
@@ -218,3 +220,30 @@ def run_evaluator(data: RunData, device: torch.device, batch_size: int, ctx: Opt
     splits = {"train": Split(data.train_eval, data.train_paths, data.train_labels, features.get("train")),
               "test": Split(data.test_eval, data.test_paths, data.test_labels, features.get("test"))}
     return Evaluator(splits, device, batch_size, ctx or DistContext(), num_workers, progress, data.skipped)
+
+
+def require_recorded_split(run_dir: Path, data_cfg: Any) -> None:
+    """Stops with :class:`DatasetChangedError` unless ``run_dir`` holds what evaluating a run on
+    its own data needs: ``dataset.json`` (the files it trained and was evaluated on) and, for an
+    image folder, ``split.json`` (its database/query split). Without them the data would be split
+    again from the seed, and photos the model trained on could become queries."""
+    if data_cfg.dataset == "synthetic":
+        return
+    needed = [IDENTITY_FILE] + ([SPLIT_FILE] if data_cfg.dataset == "folder" else [])
+    missing = [name for name in needed if not (run_dir / name).is_file()]
+    if missing:
+        raise DatasetChangedError(
+            f"{str(run_dir)!r} has no {' and no '.join(missing)}: the run's split and files cannot be checked "
+            f"(was the checkpoint copied out of its run folder?). Evaluate it inside its run folder, or pass "
+            f"--resplit to evaluate on the data as it is now, split anew")
+
+
+def queries_seen_in_training(run_dir: Path, data: RunData) -> Optional[int]:
+    """How many of ``data``'s queries (a new split) the run in ``run_dir`` had among its training
+    images (its database: the images it trained and validated on); ``None`` where the run
+    recorded no ``dataset.json``."""
+    path = run_dir / IDENTITY_FILE
+    if data.name == "synthetic" or not path.is_file():
+        return None
+    trained = {name for name, _ in json.loads(path.read_text())["database"]}
+    return sum(name in trained for name, _ in data.identity["query"])

@@ -31,7 +31,7 @@ from torch.nn.parallel import DistributedDataParallel
 from ..data.loading import resolve_eval_batch_size, resolve_num_workers
 from ..engine.amp import autocast
 from ..engine.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint, seed_everything, state_dict_cpu
-from ..engine.distributed import DistContext, barrier
+from ..engine.distributed import DistContext, barrier, every_process, from_main, process_seed
 from ..engine.encoding import EncodedSet
 from ..models.gdfnet import GDFNet, GDFNetConfig, GDFOutput
 from ..nn.losses import GDFLoss
@@ -104,6 +104,16 @@ def place_model(model: GDFNet, device: torch.device, ctx: DistContext, frozen: b
     return model
 
 
+def freeze_unreached(model: GDFNet, cfg: TrainConfig) -> None:
+    """Freezes the parameters no loss term reaches, so that every trained parameter gets a gradient
+    in every step (DDP waits for each one): the classifier on the codes serves only the
+    classification term (and, for the heads of a shared encoder, the distillation term)."""
+    reached = cfg.loss.classification > 0 or (cfg.train.shared_encoder and cfg.loss.distill > 0)
+    if not reached:
+        for head in model.hash_heads():
+            head.classifier.requires_grad_(False)
+
+
 def optimizer_for(model: GDFNet, optim: OptimConfig, frozen: bool) -> torch.optim.Optimizer:
     """AdamW over the head (``optim.lr``) and, when it trains, the backbone (``optim.backbone_lr``)."""
     groups = [{"params": list(model.head_modules().parameters()), "lr": optim.lr}]
@@ -160,8 +170,11 @@ class Trainer:
         backbone maps of a frozen backbone)."""
         ctx = ctx or DistContext()
         frozen = cfg.train.frozen_backbone
-        seed_everything(cfg.train.seed)
+        seed_everything(cfg.train.seed)  # the same weights in every process
         model = place_model(cls.new_model(cfg, bits, data), device, ctx, frozen)
+        if ctx.rank:  # from here on each process draws its own dropout masks
+            seed_everything(process_seed(cfg.train.seed, ctx.rank))
+        freeze_unreached(model, cfg)
         optimizer = optimizer_for(model, cfg.optim, frozen)
         average = WeightAverage(model, cfg.optim.ema_decay) if cfg.optim.ema_decay else None
         settings = BatchSettings(cfg.optim.batch_size, cfg.train.seed, cfg.model.img_size,
@@ -202,20 +215,24 @@ class Trainer:
         return self.average.module if self.average is not None else self.model
 
     # ---- checkpoints --------------------------------------------------------------------
-    def checkpoint(self) -> Dict[str, Any]:
-        """Everything needed to resume exactly, as plain data."""
+    def checkpoint(self, rng: Optional[List[Dict[str, Any]]] = None) -> Dict[str, Any]:
+        """Everything needed to resume exactly, as plain data; ``rng``: every process's generators
+        (:meth:`process_generators`; this process's alone by default)."""
+        rng = rng or [capture_rng()]
         return {
             "kind": "gdf-pyg-train",
             "config": self.run_config,
             "model_config": self.model.config.to_dict(),
             "classes": self.data.classes,
             "bits": self.bits,
+            "device": self.device.type,
             "epoch": self.epoch,
             "step": self.step,
             "model": state_dict_cpu(self.model),
             "optimizer": self.optimizer.state_dict(),
             "generator": self.batches.generator.get_state(),
-            "rng": capture_rng(),
+            "rng": rng[0],
+            "rng_by_process": rng,
             "history": self.history,
             "average": self.average.state_dict() if self.average is not None else {},
             **self._selection_state(),
@@ -233,18 +250,35 @@ class Trainer:
         """The selected model alone (``best.pt``): weights, configuration, classes, history."""
         state = self.checkpoint()
         state["kind"] = "gdf-pyg-model"
-        for key in ("optimizer", "generator", "rng", "average", "best_model"):
+        for key in ("optimizer", "generator", "rng", "rng_by_process", "average", "best_model"):
             state.pop(key)
         return state
 
+    def process_generators(self) -> List[Dict[str, Any]]:
+        """Every process's generator states, in rank order (every process takes part)."""
+        return every_process(capture_rng(), self.ctx)
+
+    def _restore_generators(self, state: Dict[str, Any], path: Path) -> None:
+        saved = state.get("rng_by_process") or [state["rng"]]
+        if len(saved) == self.ctx.world_size:
+            restore_rng(saved[self.ctx.rank])
+            return
+        log.warning("%s was written by %d process(es), resumed by %d: the per-process generators are seeded anew "
+                    "(the run continues, but not as the uninterrupted run would have)", path, len(saved),
+                    self.ctx.world_size)
+        restore_rng(saved[0])
+        if self.ctx.rank:
+            seed_everything(process_seed(int(state["step"]), self.ctx.rank))
+
     def resume(self, path: Path) -> None:
-        state = load_checkpoint(path)
+        """Continues from ``path`` as read by the main process (other machines need not see it)."""
+        state = from_main(load_checkpoint(path) if self.ctx.is_main else None, self.ctx)
         if state.get("bits") != self.bits:
             raise ConfigError(f"{path}: checkpoint holds a {state.get('bits')}-bit model, expected {self.bits}")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.batches.generator.set_state(state["generator"])
-        restore_rng(state["rng"])
+        self._restore_generators(state, path)
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
         self.scheduler.step_update(self.step)
         if self.average is not None:
@@ -420,11 +454,12 @@ class Trainer:
             stats["val_seconds"] = time.perf_counter() - t0
             stats["epoch"] = float(self.epoch)
             self.history.append(stats)
+            generators = self.process_generators()
             if self.ctx.is_main:
                 val = ", ".join(f"{k.replace('_', ' ').replace('map', 'mAP')} {v:.4f}" for k, v in stats.items()
                                 if k.startswith("val_map"))
                 log.info("%s, epoch %d/%d: loss %.4f, %.0f images/s (%.0f%% of the time waiting for data)%s",
                          self.label, self.epoch, s.epochs, stats.get("loss", float("nan")),
                          stats["images_per_s"], 100 * stats["data_wait"], f", {val}" if val else "")
-                save_checkpoint(self.checkpoint(), self.out / "last.pt")
+                save_checkpoint(self.checkpoint(generators), self.out / "last.pt")
             barrier(self.ctx)

@@ -50,6 +50,8 @@ def test_attention_part_nodes_gradients():
     module = AttentionPartNodes(4, num_parts=2)
     fmap = torch.rand(3, 4, 3, 3, requires_grad=True)
     nodes = module(fmap)
-    (nodes.x.sum() + nodes.pos.sum()).backward()
-    assert all(p.grad is not None for p in module.parameters() if p.requires_grad)
+    weights = torch.randn_like(nodes.x)  # a sum alone is blind to the normalisation of each part
+    ((nodes.x * weights).sum() + nodes.pos.square().sum()).backward()
+    for name, p in module.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name  # the attention learns from both outputs
     assert fmap.grad.abs().sum() > 0

@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from gdf_pyg.cli import main
-from gdf_pyg.models.gdfnet import GDFNet, GDFNetConfig, SharedEncoderGDFNet
 from gdf_pyg.engine.checkpoint import load_checkpoint
+from gdf_pyg.models.gdfnet import GDFNet, GDFNetConfig, SharedEncoderGDFNet
+from gdf_pyg.nn.backbone import image_config_of
 from gdf_pyg.training.config import ConfigError, TrainConfig
 from gdf_pyg.training.run_data import build_run_data
 from gdf_pyg.training.shared import SharedEncoderTrainer
@@ -56,7 +57,7 @@ def _trainer(folder_root, out, *overrides):
     cfg = TrainConfig.load(overrides=[f"data.root={folder_root}", *TINY_RUN, "train.bits=[12,16]",
                                       "train.frozen_backbone=false", "train.shared_encoder=true", "optim.epochs=3",
                                       *overrides])
-    data = build_run_data(cfg, GDFNet(GDFNetConfig.from_dict({**cfg.model.to_dict(), "num_classes": 2})).image_config)
+    data = build_run_data(cfg, image_config_of(cfg.model.backbone.name, cfg.model.img_size))
     return SharedEncoderTrainer.from_config(cfg, [12, 16], data, out, torch.device("cpu"))
 
 
@@ -88,8 +89,28 @@ def test_shared_run_resumes_exactly(tmp_path, folder_root):
     assert resumed.best_epoch == whole.best_epoch
     for key, value in whole.model.state_dict().items():
         assert torch.equal(resumed.model.state_dict()[key], value), key
-    for bits in (12, 16):
+    for bits in (12, 16):  # each code length's selected weights, value for value
         assert resumed.best_state[bits].keys() == whole.best_state[bits].keys()
+        for key, value in whole.best_state[bits].items():
+            assert torch.equal(resumed.best_state[bits][key], value), (bits, key)
+
+
+def test_the_final_models_are_built_without_reading_pretrained_weights_again(tmp_path, folder_root, monkeypatch):
+    import gdf_pyg.nn.backbone as backbone
+
+    weights = tmp_path / "weights.pt"
+    torch.save(backbone.create_timm_model("test_efficientnet", pretrained=False).state_dict(), weights)
+    loads = []
+    original = backbone.create_timm_model
+    monkeypatch.setattr(backbone, "create_timm_model", lambda name, **kw: loads.append(
+        kw.get("weights_file") is not None) or original(name, **kw))
+    run = tmp_path / "run"
+    assert main(["train", "--out", str(run), "--no-progress", f"data.root={folder_root}", "train.bits=[12,16]",
+                 "train.frozen_backbone=true", "train.shared_encoder=true", *TINY_RUN, "optim.epochs=1",
+                 f"model.backbone.weights_file={weights}"]) == 0
+    # the backbone of the feature cache and the shared model: the file is read twice, never for the
+    # plain model of each code length, whose weights are the trained ones
+    assert loads.count(True) == 2 and len(loads) == 4
 
 
 def test_shared_encoder_does_not_start_from_separate_models(tmp_path, folder_root):

@@ -215,3 +215,32 @@ def test_a_run_records_its_eval_batch_and_validation_time(tmp_path, folder_root)
     validation = sum(h["val_seconds"] for h in history)
     assert validation > 0 and result["validation_seconds"] == pytest.approx(validation)
     assert result["validation_fraction"] == pytest.approx(validation / (validation + result["train_seconds"]))
+
+
+def test_the_feature_cache_is_keyed_on_what_changes_the_features(tmp_path, folder_root):
+    from gdf_pyg.nn.backbone import FeatureBackbone, image_config_of
+    from gdf_pyg.training.run import cached_features, feature_cache_identity
+    from gdf_pyg.training.run_data import build_run_data
+
+    cpu = torch.device("cpu")
+
+    def cache(*overrides, folder="cache"):
+        cfg = TrainConfig.load(overrides=[f"data.root={folder_root}", *TINY, "train.frozen_backbone=true", *overrides])
+        data = build_run_data(cfg, image_config_of(cfg.model.backbone.name, cfg.model.img_size))
+        torch.manual_seed(cfg.train.seed)  # a randomly initialised backbone, as a run builds it
+        backbone = FeatureBackbone(cfg.model.backbone.name, pretrained=False)
+        return cfg, data, cached_features(cfg, data, backbone, cpu, tmp_path / folder)
+
+    cfg, data, seed0 = cache()
+    identity = feature_cache_identity(cfg, data, cpu, 8)
+    assert identity["device"] == "cpu" and identity["seed"] == 0 and identity["skip_bad_images"] is False
+    assert set(identity["versions"]) == {"gdf_pyg", "torch", "timm"}
+    _, _, seed1 = cache("train.seed=1")  # another random backbone: other maps, another file
+    assert not torch.equal(seed0["train"].values, seed1["train"].values)
+    cache("data.skip_bad_images=true")
+    assert len(list((tmp_path / "cache").glob("features-*.pt"))) == 3
+    # Augmented views follow the run's seed, and not the data workers.
+    views = {(seed, workers): cache(f"train.seed={seed}", f"data.num_workers={workers}", "train.cached_views=1",
+                                    folder=f"views{seed}{workers}")[2]["view1"].values
+             for seed, workers in ((0, 0), (1, 0), (0, 2))}
+    assert not torch.equal(views[0, 0], views[1, 0]) and torch.equal(views[0, 0], views[0, 2])
