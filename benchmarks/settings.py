@@ -20,6 +20,8 @@ DATASETS: Dict[str, List[str]] = {
                    "data.val_fraction=0.1"],
     "birds525": ["data.dataset=folder", f"data.root={SHARED / 'data' / 'birds525'}", "data.query_fraction=0.2",
                  "data.val_fraction=0.25"],
+    "cars98": ["data.dataset=folder", f"data.root={SHARED / 'data' / 'cars98'}", "data.query_fraction=0.25",
+               "data.val_fraction=0.1"],
 }
 QUICK_DATASET = ["data.dataset=synthetic", "data.synthetic.num_classes=6", "data.synthetic.train_per_class=8",
                  "data.synthetic.test_per_class=3", "data.val_fraction=0.25", "model.img_size=64",
