@@ -1,4 +1,4 @@
-"""The ``gdf-pyg`` command line: demo, train, eval, index, query."""
+"""The ``gdf-pyg`` command line: demo, train, eval, index, query, serve, export."""
 from __future__ import annotations
 
 import argparse
@@ -85,12 +85,17 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _checkpoints(paths: Sequence[str]) -> List[Path]:
+    """Checkpoints, run folders (their ``bits*/best.pt``), exported model folders (``config.json``)
+    and folders of exported models (``bits*/config.json``), as the models they hold."""
+    from .models.hub import is_pretrained_folder
+
     out: List[Path] = []
     for p in map(Path, paths):
-        if p.is_dir():
-            found = sorted(p.glob("bits*/best.pt"), key=lambda q: int(q.parent.name[4:]))
+        if p.is_dir() and not is_pretrained_folder(p):
+            found = sorted(p.glob("bits*/best.pt"), key=lambda q: int(q.parent.name[4:])) or sorted(
+                (q.parent for q in p.glob("bits*/config.json")), key=lambda q: int(q.name[4:]))
             if not found:
-                raise FileNotFoundError(f"{str(p)!r} holds no bits*/best.pt checkpoints")
+                raise FileNotFoundError(f"{str(p)!r} holds no bits*/best.pt checkpoints and no exported models")
             out += found
         else:
             out.append(p)
@@ -124,8 +129,6 @@ def _eval_folders(args: argparse.Namespace, model, batch_size: int, progress):
 
 def _eval_run_data(args: argparse.Namespace, ckpt: Path, model, state, batch_size: int, progress):
     """Codes and labels of the run's own test (queries) and training (database) splits."""
-    import torch
-
     from .data.loading import resolve_num_workers
     from .training.config import TrainConfig
     from .training.run_data import (build_run_data, check_identity, queries_seen_in_training, require_recorded_split,
@@ -133,7 +136,7 @@ def _eval_run_data(args: argparse.Namespace, ckpt: Path, model, state, batch_siz
     from .utils.config_io import apply_overrides
 
     cfg = TrainConfig.from_dict(apply_overrides(state["config"], args.overrides))
-    run_dir = ckpt.parent.parent
+    run_dir = ckpt if ckpt.is_dir() else ckpt.parent.parent  # an exported model records no split
     if not args.resplit:
         require_recorded_split(run_dir, cfg.data)
     data = build_run_data(cfg, model.image_config, None if args.resplit else run_dir)
@@ -210,6 +213,28 @@ def cmd_query(args: argparse.Namespace) -> int:
                       + (f"  [{hit['label']}]" if hit["label"] else ""))
     if args.grid:
         print(f"grid written to {draw_query_grid(results, args.grid)}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .engine.export import export_run
+
+    for folder in export_run(Path(args.run), Path(args.out), args.bits):
+        print(f"exported {folder}  (model.safetensors, config.json, README.md)")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .utils.checks import ConfigError
+
+    try:
+        from .retrieval.serve import SearchService, serve
+    except ImportError as err:
+        raise ConfigError(f"gdf-pyg serve needs the serve extra (pip install 'gdf-pyg[serve]'): {err}") from err
+    service = SearchService.open(args.index, args.checkpoint, args.device, max_upload_bytes=int(args.max_upload_mb * 2**20),
+                                 max_k=args.max_k)
+    print(f"serving {len(service.saved.paths)} photos on http://{args.host}:{args.port}/  (Ctrl-C stops)")
+    serve(service, args.host, args.port)
     return 0
 
 
@@ -301,6 +326,31 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cpu, cuda[:N], or auto: the kind of device the run trained on, where there is one")
     _common(p)
     p.set_defaults(func=cmd_query)
+    p = sub.add_parser("serve", formatter_class=fmt, help="a search page and JSON API over an index",
+                       description="Serves a web page where a photo (dropped, picked, or clicked in the collection) "
+                                   "is searched in an index made by `gdf-pyg index`, and the JSON API "
+                                   "POST /api/search (a photo as form field 'image', or a photo's number as 'id'; "
+                                   "query parameter k). Only the index's photos are served. Needs the serve extra.")
+    p.add_argument("--index", required=True, help="index folder (from gdf-pyg index)")
+    p.add_argument("--checkpoint", default=None, help="model to encode uploads (default: the index's)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    p.add_argument("--port", type=int, default=8000, help="port")
+    p.add_argument("--device", default="auto", help="cpu, cuda[:N], or auto: where the model trained, if here")
+    p.add_argument("--max-upload-mb", type=float, default=10.0, help="largest photo accepted")
+    p.add_argument("--max-k", type=int, default=100, help="most results per search")
+    _common(p)
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("export", formatter_class=fmt, help="a trained model as a self-contained folder",
+                       description="Writes the models of a run (or one best.pt) as folders of model.safetensors, "
+                                   "config.json and a model card README.md, which GDFNet.from_pretrained and every "
+                                   "command that takes a checkpoint read. A run with several code lengths goes to "
+                                   "OUT/bits{K}.")
+    p.add_argument("run", help="run folder or best.pt")
+    p.add_argument("--out", required=True, help="folder to write")
+    p.add_argument("--bits", type=int, nargs="+", default=None, help="code lengths to export (default: all)")
+    _common(p)
+    p.set_defaults(func=cmd_export)
     return parser
 
 

@@ -2,7 +2,7 @@
 # One-command set-up of the gdf-pyg development environment.
 #
 # Creates .venv in the repository, installs the pinned torch/torchvision and gdf-pyg in editable
-# mode with its test, FAISS and benchmark extras: everything the main job needs.
+# mode with its test, FAISS, benchmark, serve and hub extras: everything the main job and the tests need.
 #   scripts/setup.sh                  # the above (what `make demo` runs)
 #   scripts/setup.sh --with-cluster   # also torch-cluster, for the tests, the benchmarks and
 #                                     # backend="torch_cluster" (what `make test` runs)
@@ -17,7 +17,7 @@
 #   MAX_JOBS                 extensions compiled at once                 (default: nproc)
 #   GDF_WHEEL_CACHE          where built wheels are kept (default: ${XDG_CACHE_HOME:-~/.cache}/gdf-pyg/wheels)
 #   GDF_SKIP_TORCH_CLUSTER=1 never build torch-cluster, even with --with-cluster (the dense backend needs nothing)
-#   GDF_EXTRAS               extras installed with the package           (default: test,faiss,bench)
+#   GDF_EXTRAS               extras installed with the package           (default: test,faiss,bench,serve,hub)
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -28,7 +28,7 @@ TORCH_VERSION="${GDF_TORCH_VERSION:-2.14.1}"
 TORCHVISION_VERSION="${GDF_TORCHVISION_VERSION:-0.29.1}"
 CLUSTER_VERSION="${GDF_TORCH_CLUSTER_VERSION:-1.6.3}"
 WHEEL_CACHE="${GDF_WHEEL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/gdf-pyg/wheels}"
-EXTRAS="${GDF_EXTRAS:-test,faiss,bench}"
+EXTRAS="${GDF_EXTRAS:-test,faiss,bench,serve,hub}"
 VENV="$root/.venv"
 PIP="$VENV/bin/python -m pip"
 

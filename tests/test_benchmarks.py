@@ -8,9 +8,10 @@ import sys
 
 import pytest
 
-from .conftest import FLOWERS, ROOT, needs_flowers
+from .conftest import FLOWERS, ROOT, needs_flowers, write_image
 
 SCRIPTS = ["graph_construction", "retrieval_engine", "training_throughput", "ablation", "short_codes", "unseen_classes",
+           "serve",
            pytest.param("paper_setting", marks=needs_flowers), pytest.param("pipeline", marks=needs_flowers),
            pytest.param("gpu_training", marks=needs_flowers)]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
@@ -25,7 +26,10 @@ def run_quick(script, tmp_path, *extra):
 
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_quick_mode(script, tmp_path):
-    extra = {"ablation": ["--cache", str(tmp_path / "cache")], "short_codes": ["--cache", str(tmp_path / "cache")],
+    if script == "serve":
+        pytest.importorskip("fastapi", reason="the serve extra is not installed")
+        write_image(tmp_path / "photo.jpg", 3, size=(80, 60))
+    extra = {"serve": ["--photo", str(tmp_path / "photo.jpg")], "ablation": ["--cache", str(tmp_path / "cache")], "short_codes": ["--cache", str(tmp_path / "cache")],
              "unseen_classes": ["--cache", str(tmp_path / "cache")],
              "paper_setting": ["--data", str(FLOWERS)], "gpu_training": ["--photos", str(FLOWERS)]}
     out = run_quick(script, tmp_path, *extra.get(script, []))
@@ -68,6 +72,12 @@ def test_quick_mode(script, tmp_path):
                 r["validation s"] / (r["validation s"] + r["preset eval_every"] * r["epoch s"]))
         cache = extra["feature_cache"]
         assert cache["cache / loader"] == pytest.approx(cache["feature cache images/s"] / cache["eval loader images/s"])
+    if script == "serve":
+        rows = json.loads((tmp_path / f"{name}.json").read_text())
+        assert [r["request"].split(" (")[0] for r in rows] == [
+            "POST /api/search, a photo of the collection", "POST /api/search, an uploaded JPEG",
+            "apart: encoding the upload", "apart: the FAISS search, top-10"]
+        assert "10,000 random 64-bit codes" in md
     if script == "paper_setting":
         assert "backbone: random initialisation (no --weights given)" in out
         rows = json.loads((tmp_path / f"{name}.json").read_text())
@@ -144,3 +154,15 @@ def test_spread_is_the_sample_sd_and_differences_carry_their_standard_error():
     assert gap == pytest.approx(-2 / 3) and se == pytest.approx((1 / 3 + (4 / 3) / 3) ** 0.5)
     row = summarise("x", [{"_12": v, "_24": v, "_32": v, "_48": v, "_seconds": 1.0} for v in (0.1, 0.2, 0.3)])
     assert row["12 bits"] == "0.2000 ± 0.1000"
+
+
+def test_the_page_screenshot_is_taken_after_the_hits_are_shown(tmp_path):
+    import shutil
+
+    pytest.importorskip("selenium", reason="the serve extra is not installed")
+    if not (shutil.which("chromium") and shutil.which("chromedriver")):
+        pytest.skip("no Chromium and chromedriver here (Debian: apt-get install chromium chromium-driver)")
+    out = run_quick("screenshot", tmp_path)
+    assert "written:" in out and "(5 hits shown)" in out
+    assert (tmp_path / "page_quick.png").stat().st_size > 10_000
+    assert "5 hits shown for `2.jpg`" in (tmp_path / "page_quick.md").read_text()

@@ -83,7 +83,7 @@ def test_train_rejects_bad_config(tmp_path, folder_root, caplog):
 def test_every_option_is_documented_with_default():
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command")
-    assert set(sub.choices) == {"demo", "train", "eval", "index", "query"}
+    assert set(sub.choices) == {"demo", "train", "eval", "index", "query", "serve", "export"}
     for name, p in sub.choices.items():
         text = p.format_help()
         for action in p._actions:

@@ -20,7 +20,8 @@ def _split(req: str):
 def test_environment_matches_pyproject():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     extras = project["optional-dependencies"]
-    pip_reqs = dict(_split(r) for r in project["dependencies"] + extras["cluster"] + extras["faiss"] + extras["test"])
+    pip_reqs = dict(_split(r) for r in project["dependencies"] + extras["cluster"] + extras["faiss"] + extras["test"]
+                    + extras["serve"] + extras["hub"])
     env = yaml.safe_load((ROOT / "environment.yml").read_text())
     assert env["channels"] == ["conda-forge"]
     conda = {}

@@ -1,6 +1,7 @@
 """A trained model for inference: the device it runs on and loading it from a checkpoint."""
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any, Dict, Tuple
@@ -8,6 +9,7 @@ from typing import Any, Dict, Tuple
 import torch
 
 from ..models.gdfnet import GDFNet, GDFNetConfig
+from ..models.hub import CONFIG_FILE, is_pretrained_folder, resolve_pretrained
 from ..utils.checks import ConfigError
 from .checkpoint import load_checkpoint
 
@@ -40,12 +42,26 @@ def model_device(name: str | torch.device, state: Dict[str, Any]) -> torch.devic
     return torch.device(trained)
 
 
+def _load_pretrained(path: Path | str, device: str | torch.device) -> Tuple[GDFNet, Dict[str, Any]]:
+    """An exported model folder (or hub id) and its ``config.json``, laid out as a checkpoint's data."""
+    folder = resolve_pretrained(path)
+    info = json.loads((folder / CONFIG_FILE).read_text()) if (folder / CONFIG_FILE).is_file() else {}
+    model = GDFNet.from_pretrained(folder, model_device(device, info))
+    state = {"kind": "gdf-pyg-pretrained", "model_config": model.pretrained_info["model_config"],
+             "config": model.pretrained_info.get("train_config", {}), "classes": model.pretrained_info["classes"],
+             "bits": model.bits, "device": model.pretrained_info.get("device", "cpu")}
+    return model, state
+
+
 def load_model(path: Path | str, device: str | torch.device = "auto") -> Tuple[GDFNet, Dict[str, Any]]:
-    """A trained model from a checkpoint (``best.pt`` or ``last.pt``), in evaluation mode, and the
+    """A trained model from a checkpoint (``best.pt`` or ``last.pt``) or an exported model folder
+    (:mod:`gdf_pyg.models.hub`; or a hub id ``user/model``), in evaluation mode, and the
     checkpoint's data; on ``device`` (``"auto"``: :func:`model_device`).
 
     The backbone is rebuilt without downloading: its weights come from the checkpoint.
     """
+    if is_pretrained_folder(path) or (not Path(path).exists() and str(path).count("/") == 1):
+        return _load_pretrained(path, device)
     state = load_checkpoint(path)
     device = model_device(device, state)
     if "model_config" not in state:
