@@ -74,7 +74,7 @@ def _card_facts(model: GDFNet, state: Dict[str, Any], result: Dict[str, Any]) ->
     unseen = ("its hash layer reads a class posterior, so a photo of a class it never saw gets the code of the "
               "trained class it resembles most (or a mix): retrieval among classes never trained on is much weaker "
               "than among trained ones (`benchmarks/unseen_classes.py` measures it)"
-              if model.config.hash_input == "posterior" else
+              if model.config.hash_input != "features" else
               "photos of classes it never saw get codes of what the model learned from the trained classes: "
               "retrieval among them is weaker than among trained ones")
     return {"named": named, "split": split, "evaluation": evaluation, "unseen": unseen}
@@ -87,7 +87,7 @@ def model_card(model: GDFNet, state: Dict[str, Any], result: Dict[str, Any]) -> 
     m = model.config
     classes = list(state.get("classes", []))
     f = _card_facts(model, state, result)
-    posterior = m.hash_input == "posterior"
+    posterior = m.hash_input != "features"
     named, split, evaluation, unseen = f["named"], f["split"], f["evaluation"], f["unseen"]
     return f"""# GDF-Net, {model.bits}-bit hash codes for fine-grained image retrieval
 

@@ -124,12 +124,15 @@ class GDFOutput(NamedTuple):
         features: the fused image features fed to the hash layer :math:`(B, D)`.
         class_logits: with ``hash_input="posterior"``, the scores of the class classifier whose
             posterior the hash layer reads :math:`(B, C)`; otherwise ``None``.
+        pooled: the backbone's globally pooled map :math:`(B, C_{map})`, what the backbone alone
+            says of the image (the teacher of ``loss.similarity``).
     """
 
     codes: Tensor
     logits: Tensor
     features: Tensor
     class_logits: Optional[Tensor] = None
+    pooled: Optional[Tensor] = None
 
 
 class RegionGraphEncoder(nn.Module):
@@ -263,7 +266,7 @@ class GDFNet(nn.Module):
         """Everything after the backbone, from a (possibly cached) feature map."""
         features = self.encoder(fmap)
         codes, logits, class_logits = self.head(features)
-        return GDFOutput(codes, logits, features, class_logits)
+        return GDFOutput(codes, logits, features, class_logits, fmap.mean(dim=(2, 3)))
 
     def forward(self, images: Tensor) -> GDFOutput:
         return self.forward_head(self.forward_features(images))
@@ -360,7 +363,7 @@ class SharedEncoderGDFNet(GDFNet):
         outputs = [head(features) for head in self.heads.values()]
         class_logits = [o.class_logits for o in outputs if o.class_logits is not None]
         return GDFOutput(torch.cat([o.codes for o in outputs], 1), torch.cat([o.logits for o in outputs], 1), features,
-                         torch.cat(class_logits, 1) if class_logits else None)
+                         torch.cat(class_logits, 1) if class_logits else None, fmap.mean(dim=(2, 3)))
 
     def split(self, values: Tensor) -> Dict[int, Tensor]:
         """Concatenated codes ``(..., sum K_b)`` as one tensor per code length."""

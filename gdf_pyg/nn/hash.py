@@ -8,7 +8,7 @@ from torch import Tensor, nn
 
 __all__ = ["HASH_INPUTS", "HashHead", "HashOutput"]
 
-HASH_INPUTS = ("features", "posterior")
+HASH_INPUTS = ("features", "posterior", "both")
 
 
 class HashOutput(NamedTuple):
@@ -48,6 +48,11 @@ class HashHead(nn.Module):
         \mathbf{u} = \mathbf{W}_p\,\mathbf{x} + \mathbf{b}_p, \qquad
         \mathbf{h} = \tanh\big(s\,(\mathbf{W}_h \operatorname{softmax}(\mathbf{u}) + \mathbf{b}_h)\big)
 
+    With ``hash_input="both"`` the features' own hyperplanes are added before the tanh,
+    :math:`\mathbf{h} = \tanh\big(s\,(\mathbf{W}_h \operatorname{softmax}(\mathbf{u}) + \mathbf{b}_h)
+    + \mathbf{W}_x \mathbf{x}\big)`: a confident prediction still gives its class's code, and what
+    the classes do not say (a photo of a class never trained on) moves the code by the features.
+
     Column :math:`c` of :math:`\mathbf{W}_h` (:math:`K \times C`) is then class :math:`c`'s
     learned code: a confident prediction of class :math:`c` gives
     :math:`\tanh(s\,(\mathbf{W}_{h,:c} + \mathbf{b}_h))`, an uncertain one a posterior-weighted mix of
@@ -71,7 +76,7 @@ class HashHead(nn.Module):
         num_classes (int): number of classes :math:`C`.
         dropout (float): dropout on the normalised features. (default: :obj:`0.0`)
         hidden_channels (int): width :math:`H` of the hidden layer, 0 for none. (default: :obj:`0`)
-        hash_input (str): what the hash layer reads, ``"features"`` or ``"posterior"``.
+        hash_input (str): what the hash layer reads, ``"features"``, ``"posterior"`` or ``"both"``.
             (default: :obj:`"features"`)
         posterior_scale (float): :math:`s`, with ``hash_input="posterior"``. (default: :obj:`3.0`)
 
@@ -100,8 +105,10 @@ class HashHead(nn.Module):
         self.hidden = (nn.Sequential(nn.Linear(in_channels, hidden_channels), nn.BatchNorm1d(hidden_channels), nn.ReLU())
                        if hidden_channels else None)
         width = hidden_channels or in_channels
-        self.class_classifier = nn.Linear(width, num_classes) if hash_input == "posterior" else None
+        self.class_classifier = nn.Linear(width, num_classes) if hash_input != "features" else None
         self.hash = nn.Linear(num_classes if self.class_classifier is not None else width, bits)
+        # "both": the features' own hyperplanes beside the class codes, for what the classes do not say
+        self.hash_features = nn.Linear(width, bits, bias=False) if hash_input == "both" else None
         self.classifier = nn.Linear(bits, num_classes)
         self.reset_parameters()
 
@@ -112,6 +119,8 @@ class HashHead(nn.Module):
             self.hidden[1].reset_parameters()
         if self.class_classifier is not None:
             self.class_classifier.reset_parameters()
+        if self.hash_features is not None:
+            self.hash_features.reset_parameters()
         self.hash.reset_parameters()
         self.classifier.reset_parameters()
 
@@ -124,7 +133,8 @@ class HashHead(nn.Module):
             codes = torch.tanh(self.hash(x))
         else:
             class_logits = self.class_classifier(x)
-            codes = torch.tanh(self.posterior_scale * self.hash(torch.softmax(class_logits, dim=1)))
+            pre = self.posterior_scale * self.hash(torch.softmax(class_logits, dim=1))
+            codes = torch.tanh(pre if self.hash_features is None else pre + self.hash_features(x))
         return HashOutput(codes, self.classifier(codes), class_logits)
 
     def __repr__(self) -> str:

@@ -31,6 +31,7 @@ __all__ = [
     "code_classification_loss",
     "pairwise_cauchy_loss",
     "similarity_from_labels",
+    "similarity_preserving_loss",
 ]
 
 
@@ -148,6 +149,35 @@ def pairwise_cauchy_loss(h: Tensor, labels: Tensor, gamma: float = 20.0, eps: fl
     w = torch.where(s > 0, n_all / n_pos.clamp_min(1.0), n_all / n_neg.clamp_min(1.0))
     terms = s * torch.log1p(d / gamma) + (off_diag - s) * torch.log1p(gamma / d)
     return (w * terms).sum() / n_all
+
+
+def similarity_preserving_loss(h: Tensor, teacher: Tensor, eps: float = 1e-8) -> Tensor:
+    r"""The codes' similarities follow a teacher's (e.g. the backbone's pooled features), so that
+    photos of classes never trained on keep the neighbourhoods the backbone gives them.
+
+    .. math::
+        \mathcal{L}_S = \frac{1}{B(B-1)} \sum_{i \ne j} \Big(\frac{\mathbf{h}_i^\top \mathbf{h}_j}{K}
+        - \cos(\mathbf{t}_i - \bar{\mathbf{t}}, \mathbf{t}_j - \bar{\mathbf{t}})\Big)^2
+
+    with :math:`\bar{\mathbf{t}}` the batch mean of the teacher features (frozen features of a
+    backbone share a large offset; their centred cosines spread over :math:`[-1, 1]` as the codes'
+    normalised inner products do). The teacher passes no gradient.
+
+    Args:
+        h (Tensor): relaxed codes :math:`(B, K)`.
+        teacher (Tensor): teacher features :math:`(B, C)`.
+    """
+    _check_codes(h)
+    if teacher.dim() != 2 or teacher.size(0) != h.size(0):
+        raise ValueError(f"teacher must have shape ({h.size(0)}, features), got {tuple(teacher.shape)}")
+    b = h.size(0)
+    if b < 2:
+        return h.sum() * 0.0
+    t = teacher.detach().to(h.dtype)
+    t = F.normalize(t - t.mean(0, keepdim=True), dim=1, eps=eps)
+    off_diag = 1.0 - torch.eye(b, dtype=h.dtype, device=h.device)
+    gap = (h @ h.t()) / h.size(1) - t @ t.t()
+    return (gap.square() * off_diag).sum() / (b * (b - 1))
 
 
 def code_classification_loss(logits: Tensor, labels: Tensor, label_smoothing: float = 0.0) -> Tensor:
@@ -352,7 +382,10 @@ class LossWeights:
     cross-entropy of the class classifier whose posterior a ``hash_input="posterior"`` head
     hashes (:class:`~gdf_pyg.nn.hash.HashHead`; no term for other heads). ``distill`` weighs,
     for heads of a shared encoder (``train.shared_encoder``), the :func:`distillation_loss` of
-    each shorter head's logits to the longest head's, at ``distill_temperature``.
+    each shorter head's logits to the longest head's, at ``distill_temperature``. ``similarity``
+    weighs :func:`similarity_preserving_loss` of the codes to the backbone's pooled features (the
+    model's ``GDFOutput.pooled``): codes that keep the backbone's neighbourhoods for classes never
+    trained on.
     """
 
     classification: float = 1.0
@@ -370,6 +403,7 @@ class LossWeights:
     ortho_margin: float = 0.2
     distill: float = 0.0
     distill_temperature: float = 2.0
+    similarity: float = 0.0
 
     def validate(self, prefix: str = "loss") -> None:
         require(self.gamma > 0, f"{prefix}.gamma", f"must be > 0, got {self.gamma}")
@@ -379,7 +413,7 @@ class LossWeights:
         require(self.distill_temperature > 0, f"{prefix}.distill_temperature",
                 f"must be > 0, got {self.distill_temperature}")
         for name in ("classification", "posterior", "quantization", "balance", "pairwise", "center", "orthohash",
-                     "distill"):
+                     "distill", "similarity"):
             require(getattr(self, name) >= 0, f"{prefix}.{name}", f"must be >= 0, got {getattr(self, name)}")
         require(0.0 <= self.label_smoothing < 1.0, f"{prefix}.label_smoothing",
                 f"must be in [0, 1), got {self.label_smoothing}")
@@ -397,7 +431,9 @@ class GDFLoss(nn.Module):
     :func:`bit_balance_loss`, :func:`pairwise_cauchy_loss`, :func:`center_loss`,
     :func:`orthohash_loss`; the class targets of the last two come from :func:`hash_centers` for
     the logits' number of classes and the codes' length), plus, given ``class_logits`` (a
-    ``hash_input="posterior"`` head), :math:`\lambda_P` times their cross-entropy. ``forward``
+    ``hash_input="posterior"`` head), :math:`\lambda_P` times their cross-entropy, and given a
+    ``teacher`` (the backbone's pooled features), :math:`\lambda_S` times
+    :func:`similarity_preserving_loss`. ``forward``
     returns a dict with the total under ``"loss"`` and each weighted term. Under multi-process
     training every term is computed on the outputs of the whole global batch; ``shard_sizes``
     (every process's rows, when the caller knows them) spares the exchange of shapes, which reads
@@ -418,7 +454,7 @@ class GDFLoss(nn.Module):
         return self._centers[key]
 
     def forward(self, codes: Tensor, logits: Tensor, labels: Tensor, class_logits: Optional[Tensor] = None,
-                shard_sizes: Optional[Sequence[int]] = None) -> Dict[str, Tensor]:
+                shard_sizes: Optional[Sequence[int]] = None, teacher: Optional[Tensor] = None) -> Dict[str, Tensor]:
         # Under multi-process training every term is computed on the outputs of the whole global
         # batch (gathered, differentiably; shards may differ in size, given by shard_sizes when the
         # caller knows them), so each process holds the single-process loss and DDP's averaged
@@ -438,6 +474,8 @@ class GDFLoss(nn.Module):
             terms["balance"] = w.balance * bit_balance_loss(codes)
         if w.pairwise:
             terms["pairwise"] = w.pairwise * pairwise_cauchy_loss(codes, labels, w.gamma)
+        if w.similarity and teacher is not None:
+            terms["similarity"] = w.similarity * similarity_preserving_loss(codes, gather(teacher))
         if w.center or w.orthohash:
             centers = self.centers(logits.size(1), codes.size(1), codes.device)
             if w.center:

@@ -69,12 +69,13 @@ class SharedEncoderTrainer(Trainer):
         class_logits = (dict(zip(self.all_bits, out.class_logits.float().split(self.data.num_classes, dim=1)))
                         if out.class_logits is not None else {})
         w = self.loss_fn.weights
-        teacher = max(self.all_bits)
-        teacher_logits = all_gather_cat(logits[teacher], sizes) if w.distill else None  # once for every student
+        teacher = out.pooled.float() if out.pooled is not None and w.similarity else None
+        longest = max(self.all_bits)
+        teacher_logits = all_gather_cat(logits[longest], sizes) if w.distill else None  # once for every student
         terms: Dict[str, Tensor] = {}
         for b in self.all_bits:
-            head = self.loss_fn(codes[b], logits[b], labels, class_logits.get(b), shard_sizes=sizes)
-            if teacher_logits is not None and b != teacher:
+            head = self.loss_fn(codes[b], logits[b], labels, class_logits.get(b), shard_sizes=sizes, teacher=teacher)
+            if teacher_logits is not None and b != longest:
                 head["distill"] = w.distill * distillation_loss(all_gather_cat(logits[b], sizes), teacher_logits,
                                                                 w.distill_temperature)
                 head["loss"] = head["loss"] + head["distill"]

@@ -328,7 +328,9 @@ class Trainer:
     def losses(self, out: GDFOutput, labels: Tensor, sizes: Optional[List[int]] = None) -> Dict[str, Tensor]:
         """The loss terms, in float32, of the model's output (``sizes``: every process's rows)."""
         class_logits = None if out.class_logits is None else out.class_logits.float()
-        return self.loss_fn(out.codes.float(), out.logits.float(), labels, class_logits, shard_sizes=sizes)
+        teacher = out.pooled.float() if out.pooled is not None and self.loss_fn.weights.similarity else None
+        return self.loss_fn(out.codes.float(), out.logits.float(), labels, class_logits, shard_sizes=sizes,
+                            teacher=teacher)
 
     def optimizer_step(self) -> None:
         if self.settings.grad_clip > 0:

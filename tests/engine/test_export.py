@@ -12,7 +12,7 @@ from gdf_pyg.cli import main
 from gdf_pyg.engine.inference import load_model
 from gdf_pyg.models.hub import PretrainedFormatError
 
-from ..conftest import TINY_RUN, write_image
+from ..conftest import TINY_RUN
 
 
 @pytest.fixture

@@ -75,7 +75,7 @@ def test_config_errors_name_the_key():
         tiny_config(aggregation__conv="gin")
     with pytest.raises(ConfigError, match="model.hash_hidden: must be >= 0 channels"):
         tiny_config(hash_hidden=-2)
-    with pytest.raises(ConfigError, match=r"model.hash_input: 'logits' is not allowed; expected one of \['features', 'posterior'\]"):
+    with pytest.raises(ConfigError, match=r"model.hash_input: 'logits' is not allowed; expected one of \['features', 'posterior', 'both'\]"):
         tiny_config(hash_input="logits")
     with pytest.raises(ConfigError, match="model.hash_posterior_scale: must be > 0, got -1"):
         tiny_config(hash_posterior_scale=-1)

@@ -92,7 +92,22 @@ def test_bad_arguments():
         HashHead(8, 0, 5)
     with pytest.raises(ValueError, match="hidden_channels"):
         HashHead(8, 12, 5, hidden_channels=-1)
-    with pytest.raises(ValueError, match="hash_input must be one of \\('features', 'posterior'\\), got 'logits'"):
+    with pytest.raises(ValueError, match="hash_input must be one of \\('features', 'posterior', 'both'\\), got 'logits'"):
         HashHead(8, 12, 5, hash_input="logits")
     with pytest.raises(ValueError, match="posterior_scale must be > 0, got 0"):
         HashHead(8, 12, 5, hash_input="posterior", posterior_scale=0.0)
+
+
+def test_both_inputs_add_the_features_hyperplanes_to_the_class_codes():
+    torch.manual_seed(0)
+    head = HashHead(6, bits=4, num_classes=3, hash_input="both", posterior_scale=2.0).eval()
+    x = torch.randn(5, 6)
+    out = head(x)
+    z = head.norm(x)
+    pre = 2.0 * head.hash(torch.softmax(head.class_classifier(z), dim=1)) + head.hash_features(z)
+    torch.testing.assert_close(out.codes, torch.tanh(pre))
+    assert out.class_logits.shape == (5, 3)
+    head.train()
+    head(torch.randn(5, 6)).codes.sum().backward()
+    assert head.hash_features.weight.grad.abs().sum() > 0
+    assert "hash_input='both'" in repr(head)

@@ -232,3 +232,34 @@ def test_distillation_loss_errors():
         distillation_loss(torch.zeros(2, 3), torch.zeros(2, 3), 0.0)
     with pytest.raises(ValueError, match=r"\(2, 3\).*\(2, 4\)"):
         distillation_loss(torch.zeros(2, 3), torch.zeros(2, 4))
+
+
+def test_similarity_preserving_loss_against_a_hand_computation_and_its_gradient():
+    from gdf_pyg.nn.losses import similarity_preserving_loss
+
+    torch.manual_seed(0)
+    h = torch.tanh(torch.randn(5, 8, dtype=torch.float64)).requires_grad_()
+    teacher = 100.0 + torch.randn(5, 6, dtype=torch.float64)  # a large shared offset, as frozen features have
+    loss = similarity_preserving_loss(h, teacher)
+    t = teacher - teacher.mean(0)
+    t = t / t.norm(dim=1, keepdim=True)
+    expected = sum(((h[i] @ h[j]) / 8 - t[i] @ t[j]) ** 2 for i in range(5) for j in range(5) if i != j) / 20
+    torch.testing.assert_close(loss, expected)
+    loss.backward()
+    assert h.grad.abs().sum() > 0
+    # codes whose normalised inner products are the teacher's centred cosines cost nothing
+    perfect = torch.cat([t, torch.zeros(5, 2, dtype=torch.float64)], 1) * (8 ** 0.5)
+    assert similarity_preserving_loss(perfect, teacher) < 1e-20
+    with pytest.raises(ValueError, match=r"teacher must have shape \(5, features\)"):
+        similarity_preserving_loss(h, teacher[:3])
+
+
+def test_gdf_loss_adds_the_similarity_term_only_with_a_teacher():
+    from gdf_pyg.nn.losses import GDFLoss, LossWeights, similarity_preserving_loss
+
+    codes, logits, labels = torch.tanh(torch.randn(4, 12)), torch.randn(4, 3), torch.tensor([0, 1, 2, 0])
+    teacher = torch.randn(4, 7)
+    loss = GDFLoss(LossWeights(similarity=2.0))
+    with_teacher = loss(codes, logits, labels, teacher=teacher)
+    torch.testing.assert_close(with_teacher["similarity"], 2.0 * similarity_preserving_loss(codes, teacher))
+    assert "similarity" not in loss(codes, logits, labels)

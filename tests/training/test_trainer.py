@@ -9,7 +9,7 @@ from gdf_pyg.engine.checkpoint import load_checkpoint
 from gdf_pyg.training.config import ConfigError, TrainConfig
 from gdf_pyg.training import train
 
-from ..conftest import TINY_BACKBONE, TINY_RUN
+from ..conftest import TINY_RUN
 
 TINY = [*TINY_RUN, "optim.epochs=1", "train.bits=[12]"]
 
