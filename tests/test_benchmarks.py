@@ -54,12 +54,14 @@ def test_quick_mode(script, tmp_path):
             assert r["val mAP"] == pytest.approx(recorded["val_map"], abs=1e-6)
     if script == "unseen_classes":
         assert "4 species trained on, 2 held out (split seed 0; 4 queries, 12 database photos)" in md
-        rows = json.loads((tmp_path / f"{name}.json").read_text())
+        reference, *rows = json.loads((tmp_path / f"{name}.json").read_text())
+        assert reference["config"] == "float cosine of the backbone's pooled features (no training)"
         assert [r["config"].split(" (")[0] for r in rows] == ["hash layer on the features", "hash layer on the class posterior"]
-        for r in rows:  # each cell is the mean of its seeds' results, as recorded
+        for r in rows:  # each cell is the mean of its seeds' results, as recorded, and its share of the reference
             for split in ("seen", "unseen"):
                 for b in (12, 16):
                     assert r[f"{split} {b}"] == f"{r[f'_{split} {b}'][0]:.4f}" and len(r[f"_{split} {b}"]) == 1
+            assert r["unseen 16 / float"] == f"{r['_unseen 16'][0] / reference['_reference']:.2f}x"
     if script == "gpu_training":
         rows = json.loads((tmp_path / f"{name}.json").read_text())
         runs, extra = rows[:-1], rows[-1]

@@ -53,6 +53,7 @@ from ..utils.checks import check_positive_int
 from ..utils.codes import check_binary, hamming_from_inner, inner_products, matmul_operands
 
 __all__ = [
+    "score_mean_average_precision",
     "TIES",
     "DistanceCounts",
     "PRCurve",
@@ -454,6 +455,29 @@ def _pr_curve(counts: DistanceCounts) -> PRCurve:
     precision = torch.where(retrieved > 0, hits / retrieved.clamp_min(1), 0.0).mean(0)
     recall = torch.where(relevant.unsqueeze(1) > 0, hits / relevant.clamp_min(1).unsqueeze(1), 0.0).mean(0)
     return PRCurve(np.arange(retrieved.size(1)), precision.numpy(), recall.numpy(), retrieved.mean(0).numpy())
+
+
+def score_mean_average_precision(scores: ArrayLike, query_labels: ArrayLike, db_labels: ArrayLike) -> float:
+    r"""mAP@all of a ranking by real-valued scores (larger = nearer), e.g. the cosine of float
+    features: the reference that binary codes are held against.
+
+    .. math:: \mathrm{AP}_q = \frac{1}{R_q} \sum_{n} \mathrm{rel}_q(n) \frac{\sum_{m \le n} \mathrm{rel}_q(m)}{n}
+
+    over the database sorted by decreasing score (ties, improbable with float scores, by database
+    order); a query with no relevant item has AP 0.
+
+    Args:
+        scores (Tensor): :math:`(N_q, N_{db})`.
+        query_labels, db_labels: class ids :math:`(N_q,)`, :math:`(N_{db},)`.
+    """
+    s = _as_tensor(scores).double()
+    ql, bl = _as_labels(query_labels, s.size(0), "query_labels"), _as_labels(db_labels, s.size(1), "db_labels")
+    order = torch.argsort(-s, dim=1, stable=True)
+    rel = (bl[order] == ql.unsqueeze(1)).double()
+    hits = rel.cumsum(1)
+    ranks = torch.arange(1, s.size(1) + 1, dtype=torch.float64)
+    ap = (rel * hits / ranks).sum(1) / rel.sum(1).clamp_min(1.0)
+    return float(ap.mean()) if len(ap) else 0.0
 
 
 def precision_within_radius(query_codes, db_codes, query_labels, db_labels, radius: int = 2) -> float:

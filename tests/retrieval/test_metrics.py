@@ -282,3 +282,15 @@ def test_bad_inputs():
         mean_average_precision(qc, dc, [0, 1], [0, 1, 2], ties="random")
     with pytest.raises(ValueError, match="database is empty"):
         mean_average_precision(qc, np.ones((0, 4)), [0, 1], np.zeros(0, dtype=int))
+
+
+def test_score_map_against_a_hand_ranking():
+    from gdf_pyg.retrieval.metrics import score_mean_average_precision
+
+    scores = torch.tensor([[0.9, 0.1, 0.5, 0.3], [0.2, 0.8, 0.1, 0.7]])
+    ql, bl = torch.tensor([0, 1]), torch.tensor([0, 1, 0, 1])
+    # query 0 ranks 0 (rel), 2 (rel), 3, 1 -> AP 1; query 1 ranks 1 (rel), 3 (rel), 0, 2 -> AP 1
+    assert score_mean_average_precision(scores, ql, bl) == 1.0
+    # query 0 ranks 0 (rel), 2 (not), 3, 1 with relevant 0 and 1: (1/1 + 2/4) / 2
+    assert score_mean_average_precision(scores[:1], torch.tensor([0]), torch.tensor([0, 0, 1, 1])) == pytest.approx(0.75)
+    assert score_mean_average_precision(scores[:1], torch.tensor([5]), bl) == 0.0  # nothing relevant: AP 0
