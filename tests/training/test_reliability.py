@@ -74,9 +74,9 @@ def test_nan_stops_with_step_and_keeps_last_good_checkpoint(tmp_path, folder_roo
     calls = {"n": 0}
     original = losses.GDFLoss.forward
 
-    def poisoned(self, codes, logits, labels, class_logits=None, shard_sizes=None):
+    def poisoned(self, *args, **kwargs):
         calls["n"] += 1
-        out = original(self, codes, logits, labels, class_logits, shard_sizes)
+        out = original(self, *args, **kwargs)
         if calls["n"] == 3:  # the first step of epoch 2 (2 steps per epoch)
             out["loss"] = out["loss"] * float("nan")
         return out
