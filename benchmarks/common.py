@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shlex
 import statistics
 import threading
 import time
@@ -172,7 +173,7 @@ def command_line(argv: Optional[Sequence[str]], script: str) -> str:
     import sys
 
     args = list(sys.argv[1:] if argv is None else argv)
-    return " ".join(["python -m", f"benchmarks.{script}", *args])
+    return " ".join(["python -m", f"benchmarks.{script}", *map(shlex.quote, args)])
 
 
 def barh_plot(labels: Sequence[str], values: Sequence[float], xlabel: str, path: Path, title: str = "",
