@@ -21,7 +21,7 @@ from .index import SavedIndex, pack_codes
 
 log = logging.getLogger(__name__)
 
-__all__ = ["build_index", "collect_images", "encode_records", "eval_batch_size", "query_index"]
+__all__ = ["build_index", "collect_images", "encode_records", "eval_batch_size", "open_index", "query_index"]
 
 
 def eval_batch_size(state: Dict[str, Any], device: str | torch.device = "cpu") -> int:
@@ -97,6 +97,20 @@ def build_index(checkpoint: Path | str, images: Path | str, out: Path | str, *, 
     return saved
 
 
+def open_index(index_dir: Path | str, checkpoint: Optional[Path | str] = None, device: str | torch.device = "auto"
+               ) -> Tuple[SavedIndex, GDFNet, Dict[str, Any]]:
+    """An index, the model that encodes its queries (``checkpoint``, or the one the index names:
+    a checkpoint or an exported model folder) and the model's checkpoint data."""
+    saved = SavedIndex.load(index_dir)
+    ckpt = checkpoint or saved.meta.get("checkpoint")
+    if ckpt is None:
+        raise ValueError(f"index {str(index_dir)!r} names no model; pass a checkpoint or an exported model folder")
+    model, state = load_model(ckpt, device)
+    if model.bits != saved.bits:
+        raise ValueError(f"{ckpt} makes {model.bits}-bit codes, the index holds {saved.bits}-bit codes")
+    return saved, model, state
+
+
 def query_index(index_dir: Path | str, images: Sequence[Path | str], *, topk: int = 10, engine: str = "auto",
                 checkpoint: Optional[Path | str] = None, device: str = "auto") -> List[Dict[str, Any]]:
     """Top-``topk`` database items of each query image, nearest first (ties by index order).
@@ -106,13 +120,7 @@ def query_index(index_dir: Path | str, images: Sequence[Path | str], *, topk: in
     query's class (``None`` when either label is unknown). A query's class is the name of
     its parent folder when that is one of the index's classes.
     """
-    saved = SavedIndex.load(index_dir)
-    ckpt = checkpoint or saved.meta.get("checkpoint")
-    if ckpt is None:
-        raise ValueError(f"index {str(index_dir)!r} names no checkpoint; pass one")
-    model, state = load_model(ckpt, device)
-    if model.bits != saved.bits:
-        raise ValueError(f"checkpoint {ckpt} makes {model.bits}-bit codes, the index holds {saved.bits}-bit codes")
+    saved, model, state = open_index(index_dir, checkpoint, device)
     records = []
     for img in images:
         path = Path(img)

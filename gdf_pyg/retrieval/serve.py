@@ -27,9 +27,9 @@ import torch
 
 from ..data.records import BadImageError, load_image
 from ..data.transforms import decode_size, eval_transform, stack_images
-from ..engine.inference import load_model
 from ..models.gdfnet import GDFNet
 from .index import HammingIndex, SavedIndex, pack_codes, unpack_codes
+from .search import open_index
 
 log = logging.getLogger(__name__)
 
@@ -62,14 +62,8 @@ class SearchService:
     @classmethod
     def open(cls, index_dir: Union[str, Path], checkpoint: Optional[Union[str, Path]] = None,
              device: Union[str, torch.device] = "auto", engine: str = "auto", **limits: Any) -> "SearchService":
-        saved = SavedIndex.load(index_dir)
-        ckpt = checkpoint or saved.meta.get("checkpoint")
-        if ckpt is None:
-            raise ValueError(f"index {str(index_dir)!r} names no model; pass a checkpoint or exported model folder")
-        model, _ = load_model(ckpt, device)
-        if model.bits != saved.bits:
-            raise ValueError(f"{ckpt} makes {model.bits}-bit codes, the index holds {saved.bits}-bit codes")
-        log.info("serving %d photos of %s with %s", len(saved.paths), index_dir, ckpt)
+        saved, model, _ = open_index(index_dir, checkpoint, device)
+        log.info("serving %d photos of %s", len(saved.paths), index_dir)
         return cls(saved, model, saved.index(engine), **limits)
 
     # ---- the collection -----------------------------------------------------------------
