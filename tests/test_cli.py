@@ -227,3 +227,10 @@ def test_overrides_mix_with_options_in_any_order(tmp_path, folder_root):
     # and a run typed that way trains on what the overrides say
     assert main(["train", "--out", str(tmp_path / "run"), *TINY[:3], "--no-progress", f"data.root={folder_root}",
                  *TINY[3:], "train.bits=[12]", "train.frozen_backbone=true"]) == 0
+
+
+def test_serve_and_export_refuse_what_they_cannot_read(tmp_path, caplog):
+    assert main(["serve", "--index", str(tmp_path / "nothing"), "--no-progress"]) == 2
+    assert "lacks codes.npy" in caplog.text
+    assert main(["export", str(tmp_path), "--out", str(tmp_path / "out"), "--no-progress"]) == 2
+    assert "holds no bits*/best.pt" in caplog.text
