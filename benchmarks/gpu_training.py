@@ -3,8 +3,9 @@
 Everything through the library's own training run (``gdf_pyg.training.train``, what ``gdf-pyg
 train`` calls), measured in one process, on a CUDA card or on the CPU:
 
-- the paper preset (fine-tuned backbone, 32 attention parts, dynamic 3-NN, bf16 autocast) and the
-  cpu preset's head on a fine-tuned backbone: training images/s in the steady state (epochs after
+- the paper preset (fine-tuned backbone, 32 attention parts, dynamic 3-NN, bf16 autocast), the
+  cpu preset's head on a fine-tuned backbone and the finetune preset (its first 3 stages kept,
+  bf16 on a card): training images/s in the steady state (epochs after
   the first) against the bare backbone's forward + backward + AdamW step from ready tensors at the
   same batch, size and precision; the fraction of the time spent waiting for data; the fraction
   of the run spent validating; on a card, how busy it was (``nvidia-smi`` sampled during the
@@ -68,7 +69,7 @@ def preset_overrides(preset: str, device: torch.device, photos: Path, classes: i
     if quick:
         out += ["model.backbone.name=test_efficientnet", "model.backbone.pretrained=false", "model.img_size=64",
                 "model.graph.k=3", "model.nodes.num_parts=4"]
-    elif device.type == "cpu" or preset == "cpu":
+    elif device.type == "cpu" or preset in ("cpu", "finetune"):
         out += ["model.backbone.name=tf_efficientnet_lite0"]
         out += [f"model.backbone.weights_file={weights}"] if weights else ["model.backbone.pretrained=false"]
         out += ["model.img_size=224"] if device.type == "cpu" else ["model.img_size=448"]
@@ -268,7 +269,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     checks: Dict[str, str] = {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        for preset in ("paper", "cpu"):
+        for preset in ("paper", "cpu", "finetune"):
             overrides = preset_overrides(preset, device, args.photos, classes, epochs, batch, args.weights, args.quick)
             run = train_preset(preset, overrides, device, tmp / f"{preset}-run")
             cfg = run["cfg"]

@@ -9,7 +9,7 @@
 #    ResNet-50 at 448 px under bf16 autocast: images/s and peak memory.
 # 3. graph_construction: every kNN backend and construction on the card.
 # 4. paper_setting --cub-synthetic: one epoch of the paper preset on a CUB-sized synthetic set.
-# 5. gpu_training: the paper and cpu presets fine-tuned on real JPEGs against the bare backbone,
+# 5. gpu_training: the paper, cpu and finetune presets fine-tuned on real JPEGs against the bare backbone,
 #    the card's busy fraction, host round trips per step, the sync-debug check, loaders and the cache.
 # torch-cluster and FAISS are optional. Results are named after the card, in benchmarks/results/<script>/
 # unless --results says otherwise. A part that fails is reported and the others still run.
@@ -36,6 +36,6 @@ part "graph construction" 120 "$python" -m benchmarks.graph_construction --devic
 part "paper preset, one epoch, CUB-sized synthetic set" 150 "$python" -m benchmarks.paper_setting --device cuda \
     --cub-synthetic --workers "$workers" ${results[@]+"${results[@]}"}
 photos="${GDF_PHOTOS:-$root/../shared/data/flowers102}"
-part "training at the card's speed, real photos" 300 "$python" -m benchmarks.gpu_training --device cuda \
+part "training at the card's speed, real photos" 420 "$python" -m benchmarks.gpu_training --device cuda \
     --photos "$photos" ${results[@]+"${results[@]}"}
 if (( ${#failed[@]} )); then echo "failed: ${failed[*]}"; exit 1; fi

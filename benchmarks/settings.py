@@ -35,7 +35,7 @@ def sample_sd(values: Sequence[float]) -> float:
 
 
 def difference(a: Sequence[float], b: Sequence[float]) -> Tuple[float, float]:
-    """The difference of the means of ``a`` and ``b`` and its standard error,
+    r"""The difference of the means of ``a`` and ``b`` and its standard error,
     :math:`\sqrt{s_a^2 / n_a + s_b^2 / n_b}` (Welch's, the seeds of the two settings independent)."""
     gap = statistics.mean(a) - statistics.mean(b)
     return gap, (sample_sd(a) ** 2 / len(a) + sample_sd(b) ** 2 / len(b)) ** 0.5

@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
+from .presets import PRESETS
+
 __all__ = ["main"]
 
 log = logging.getLogger("gdf_pyg.cli")
@@ -103,10 +105,12 @@ def _checkpoints(paths: Sequence[str]) -> List[Path]:
 
 
 def _eval_folders(args: argparse.Namespace, model, batch_size: int, progress):
-    """Codes and labels of explicit --query / --database folders."""
+    """The retrieval report of explicit --query / --database folders (their class names need not
+    be the model's, so no class accuracy)."""
     import torch
 
     from .data import DatasetLayoutError
+    from .retrieval.evaluation import evaluate_codes
     from .retrieval.search import collect_images, encode_records
 
     if not (args.query and args.database):
@@ -124,11 +128,13 @@ def _eval_folders(args: argparse.Namespace, model, batch_size: int, progress):
     q, q_keep, s2 = encode_records(model, q_records, **opts)
     db_labels = torch.tensor([db_records[i].label for i in db_keep])
     q_labels = torch.tensor([q_records[i].label for i in q_keep])
-    return q, q_labels, db, db_labels, f"{args.query} vs {args.database}", len(classes), s1 + s2
+    report, curve = evaluate_codes(q, q_labels, db, db_labels, args.topk, args.radius)
+    return report, curve, len(q), len(db), f"{args.query} vs {args.database}", len(classes), s1 + s2
 
 
 def _eval_run_data(args: argparse.Namespace, ckpt: Path, model, state, batch_size: int, progress):
-    """Codes and labels of the run's own test (queries) and training (database) splits."""
+    """The report of the run's own test (queries) and training (database) splits, as training
+    made it (:meth:`~gdf_pyg.retrieval.evaluation.Evaluator.report`)."""
     from .data.loading import resolve_num_workers
     from .training.config import TrainConfig
     from .training.run_data import (build_run_data, check_identity, queries_seen_in_training, require_recorded_split,
@@ -150,14 +156,12 @@ def _eval_run_data(args: argparse.Namespace, ckpt: Path, model, state, batch_siz
     device = next(model.parameters()).device
     evaluator = run_evaluator(data, device, batch_size, num_workers=resolve_num_workers(cfg.data.num_workers, device),
                               progress=progress)
-    queries, database = evaluator.codes(model, "test"), evaluator.codes(model, "train")
-    return (queries.values, evaluator.labels("test", queries), database.values, evaluator.labels("train", database),
-            data.name, data.num_classes, data.skipped)
+    report, curve, queries, database = evaluator.report(model, args.topk, args.radius)
+    return report, curve, len(queries.values), len(database.values), data.name, data.num_classes, data.skipped
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from .engine.inference import load_model
-    from .retrieval.evaluation import evaluate_codes
     from .retrieval.search import eval_batch_size
     from .training.report import metrics_table, write_reports
 
@@ -168,14 +172,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
         model, state = load_model(ckpt, args.device)
         batch_size = args.batch_size or eval_batch_size(state, next(model.parameters()).device)
         if args.query or args.database:
-            q, q_labels, db, db_labels, dataset_name, num_classes, skipped = _eval_folders(
+            report, curve, queries, database, dataset_name, num_classes, skipped = _eval_folders(
                 args, model, batch_size, progress)
         else:
-            q, q_labels, db, db_labels, dataset_name, num_classes, skipped = _eval_run_data(
+            report, curve, queries, database, dataset_name, num_classes, skipped = _eval_run_data(
                 args, ckpt, model, state, batch_size, progress)
-        report, curve = evaluate_codes(q, q_labels, db, db_labels, args.topk, args.radius)
         results[str(model.bits)] = {"bits": model.bits, "metrics": report, "pr_curve": curve.to_rows(),
-                                    "checkpoint": str(ckpt), "queries": len(q), "database": len(db)}
+                                    "checkpoint": str(ckpt), "queries": queries, "database": database}
         skipped_all += skipped
     out = Path(args.out) if args.out else _checkpoints(args.checkpoint)[0].parent.parent / "eval"
     out.mkdir(parents=True, exist_ok=True)
@@ -274,7 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "optim.epochs=20 'train.bits=[16,32]'. The resolved config is saved as "
                                    "RUN_DIR/config.yaml.")
     p.add_argument("--config", default=None, help="YAML training config")
-    p.add_argument("--preset", default=None, choices=["paper", "cpu"], help="start from a shipped preset")
+    p.add_argument("--preset", default=None, choices=[p for p in PRESETS if p != "demo"], help="start from a shipped preset")
     p.add_argument("--out", default=None, help="run directory (RUN_DIR)")
     p.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue an interrupted run from its checkpoints")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")

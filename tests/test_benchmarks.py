@@ -65,7 +65,7 @@ def test_quick_mode(script, tmp_path):
     if script == "gpu_training":
         rows = json.loads((tmp_path / f"{name}.json").read_text())
         runs, extra = rows[:-1], rows[-1]
-        assert [r["preset"] for r in runs] == ["paper (fine-tuned)", "cpu (fine-tuned)"]
+        assert [r["preset"] for r in runs] == ["paper (fine-tuned)", "cpu (fine-tuned)", "finetune (fine-tuned)"]
         for r in runs:  # the steps read nothing back; the run trained; the comparison is the same run's
             assert r["syncs/step (steps)"] == 0 and r["steps"] > 0
             assert r["ours / bare"] == pytest.approx(r["images/s"] / r["bare backbone images/s"])
@@ -168,3 +168,13 @@ def test_the_page_screenshot_is_taken_after_the_hits_are_shown(tmp_path):
     assert "written:" in out and "(5 hits shown)" in out
     assert (tmp_path / "page_quick.png").stat().st_size > 10_000
     assert "5 hits shown for `2.jpg`" in (tmp_path / "page_quick.md").read_text()
+
+
+def test_the_finetune_preset_is_the_finetuning_benchmark_s_recipe(tmp_path):
+    from benchmarks.finetuning import FINETUNE, RECIPES
+    from gdf_pyg.training.config import TrainConfig
+
+    (tmp_path / "a").mkdir()
+    data = [f"data.root={tmp_path}", "data.dataset=folder"]
+    assert TrainConfig.load(preset="finetune", overrides=data) == TrainConfig.load(
+        preset="cpu", overrides=[*data, *RECIPES[FINETUNE].overrides])

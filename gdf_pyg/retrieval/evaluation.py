@@ -82,19 +82,31 @@ class Evaluator:
     skipped: List[str] = field(default_factory=list)
     _encoders: Dict[str, ImageEncoder] = field(default_factory=dict, repr=False)
 
-    def codes(self, model: GDFNet, split: str, selection: bool = False) -> EncodedSet:
+    def codes(self, model: GDFNet, split: str, selection: bool = False, with_classes: bool = False) -> EncodedSet:
         """Binary codes of every readable image of ``split``; with ``selection`` cached maps are
-        taken in chunks of :data:`SELECTION_CHUNK` (codes equal up to float rounding)."""
+        taken in chunks of :data:`SELECTION_CHUNK` (codes equal up to float rounding); with
+        ``with_classes`` each row ends in one more column, the class the model predicts (the class
+        classifier's with ``hash_input=posterior``, else the codes' classifier's), from the same pass."""
         model.eval()
         source = self.splits[split]
+
+        def encode(forward):
+            def fn(inputs: Tensor) -> Tensor:
+                out = forward(inputs)
+                codes = binarize(out.codes)
+                if not with_classes:
+                    return codes
+                scores = out.class_logits if out.class_logits is not None else out.logits
+                return torch.cat([codes, scores.argmax(1, keepdim=True).to(codes.dtype)], 1)
+            return fn
+
         if source.cached is not None:
-            head = lambda fmap: binarize(model.forward_head(fmap).codes)  # noqa: E731
-            return encode_cached(head, source.cached, self.device, self.ctx,
+            return encode_cached(encode(model.forward_head), source.cached, self.device, self.ctx,
                                  chunk=SELECTION_CHUNK if selection else None)
         if split not in self._encoders:
             self._encoders[split] = ImageEncoder(source.dataset, self.batch_size, self.device, ctx=self.ctx,
                                                  num_workers=self.num_workers, paths=source.paths)
-        return self._encoders[split](model.encode, progress=self.progress, desc=f"encode {split}",
+        return self._encoders[split](encode(model.forward), progress=self.progress, desc=f"encode {split}",
                                      skipped=self.skipped)
 
     def labels(self, split: str, codes: EncodedSet) -> Tensor:
@@ -110,9 +122,14 @@ class Evaluator:
 
     def report(self, model: GDFNet, topks: Sequence[int], radius: int
                ) -> Tuple[Dict[str, float], PRCurve, EncodedSet, EncodedSet]:
-        """The field's protocol: the test split's codes searched among the training split's.
-        Returns the metrics, the precision-recall curve, and both splits' codes."""
-        test, train = self.codes(model, "test"), self.codes(model, "train")
-        report, curve = evaluate_codes(test.values, self.labels("test", test), train.values,
-                                       self.labels("train", train), topks, radius)
+        """The field's protocol: the test split's codes searched among the training split's, and
+        the top-1 accuracy of the model's class prediction on the test split (``top1_accuracy``;
+        with posterior codes, mAP and accuracy should nearly agree). Returns the metrics, the
+        precision-recall curve, and both splits' codes."""
+        coded, train = self.codes(model, "test", with_classes=True), self.codes(model, "train")
+        test = EncodedSet(coded.values[:, :-1], coded.positions, coded.batches)
+        test_labels = self.labels("test", test)
+        report, curve = evaluate_codes(test.values, test_labels, train.values, self.labels("train", train), topks,
+                                       radius)
+        report["top1_accuracy"] = (coded.values[:, -1].long() == test_labels).double().mean().item()
         return report, curve, test, train

@@ -76,7 +76,10 @@ class TrainSection:
     that (the layers see node features, never positions; the grid is mirror-symmetric): with the
     cpu preset the codes of mirrored maps are identical. It matters for image-space kNN, which
     breaks distance ties by node order, and for custom layers that use positions; real
-    augmentation of a frozen backbone is ``cached_views``.
+    augmentation of a frozen backbone is ``cached_views``. ``frozen_stages`` (a backbone that is
+    fine-tuned) keeps the stem and that many of the backbone's first feature stages at their
+    pretrained weights and statistics, training the rest (and skipping those stages' backward
+    pass); 0 trains them all.
     """
 
     bits: List[int] = field(default_factory=lambda: [12, 24, 32, 48])
@@ -92,6 +95,7 @@ class TrainSection:
     freeze_backbone_bn: bool = True
     shared_encoder: bool = False
     cached_views: int = 0
+    frozen_stages: int = 0
 
     def validate(self, prefix: str = "train") -> None:
         require(len(self.bits) >= 1, f"{prefix}.bits", "needs at least one code length")
@@ -103,6 +107,7 @@ class TrainSection:
         require(self.eval_every >= 1, f"{prefix}.eval_every", f"must be >= 1, got {self.eval_every}")
         require(self.log_every >= 1, f"{prefix}.log_every", f"must be >= 1, got {self.log_every}")
         require(self.cached_views >= 0, f"{prefix}.cached_views", f"must be >= 0, got {self.cached_views}")
+        require(self.frozen_stages >= 0, f"{prefix}.frozen_stages", f"must be >= 0, got {self.frozen_stages}")
         require(not (self.shared_encoder and self.init_from is not None), f"{prefix}.init_from",
                 "starts separate models; it cannot be combined with train.shared_encoder=true")
         if self.init_from is not None:

@@ -8,7 +8,8 @@ from typing import Any, Dict, List, Mapping, Sequence
 
 __all__ = ["comparison_table", "metrics_table", "plot_pr_curves", "write_reports"]
 
-METRIC_TITLES = {"map": "mAP@all", "map_db_order": "mAP@all (ties by db order)", "p@r2": "P@r<=2"}
+METRIC_TITLES = {"map": "mAP@all", "map_db_order": "mAP@all (ties by db order)", "p@r2": "P@r<=2",
+                 "top1_accuracy": "top-1 accuracy"}
 
 
 def _title(key: str) -> str:

@@ -27,7 +27,7 @@ from ..engine.distributed import DistContext, all_true, barrier, close_distribut
 from ..engine.encoding import EncodedSet, cache_key, encode_dataset, load_feature_cache, save_feature_cache
 from ..engine.inference import resolve_device
 from ..models.gdfnet import GDFNet
-from ..nn.backbone import FeatureBackbone, image_config_of
+from ..nn.backbone import FeatureBackbone, image_config_of, num_stages_of
 from ..utils.checks import ConfigError
 from ..utils.config_io import to_dict
 from ..utils.profiling import evaluation_region
@@ -243,6 +243,15 @@ def _resolved(cfg: TrainConfig, data: RunData, device: torch.device) -> TrainCon
     return cfg
 
 
+def check_frozen_stages(cfg: TrainConfig) -> None:
+    """``train.frozen_stages`` against the backbone's stages, before any network is built."""
+    if cfg.train.frozen_stages and not cfg.train.frozen_backbone:
+        stages = num_stages_of(cfg.model.backbone.name)
+        if cfg.train.frozen_stages > stages:
+            raise ConfigError(f"train.frozen_stages: {cfg.model.backbone.name!r} has {stages} feature stages; "
+                              f"got {cfg.train.frozen_stages}")
+
+
 def _train_run(cfg: TrainConfig, run_dir: Path, device: torch.device, ctx: DistContext, progress: Progress,
                resume: bool, cache_dir: Optional[Path]) -> Optional[Dict[str, Any]]:
     from .report import write_reports
@@ -251,6 +260,7 @@ def _train_run(cfg: TrainConfig, run_dir: Path, device: torch.device, ctx: DistC
         device = torch.device("cuda", ctx.local_rank)
         torch.cuda.set_device(device)
     cfg.model.check_feature_map()  # before anything is written or read
+    check_frozen_stages(cfg)
     with main_first(ctx):  # the main process writes the folder split; the others read it
         if ctx.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)

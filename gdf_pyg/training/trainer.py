@@ -92,8 +92,9 @@ class TrainerSettings:
                    t.freeze_backbone_bn)
 
 
-def place_model(model: GDFNet, device: torch.device, ctx: DistContext, frozen: bool) -> GDFNet:
-    """Global batch statistics under several processes, the device, a frozen backbone."""
+def place_model(model: GDFNet, device: torch.device, ctx: DistContext, frozen: bool, frozen_stages: int = 0) -> GDFNet:
+    """Global batch statistics under several processes, the device, a frozen backbone (or its
+    first ``frozen_stages`` stages)."""
     if ctx.active:
         # Ours on every device: torch's SyncBatchNorm reads each layer's counts back from the
         # GPU (it drops empty shards by a mask), a wait per layer per step; ours reads nothing.
@@ -101,6 +102,11 @@ def place_model(model: GDFNet, device: torch.device, ctx: DistContext, frozen: b
     model.to(device)
     if frozen:
         model.backbone.requires_grad_(False)
+    elif frozen_stages:
+        try:
+            model.backbone.freeze_stages(frozen_stages)
+        except ValueError as err:
+            raise ConfigError(f"train.frozen_stages: {err}") from None
     return model
 
 
@@ -118,7 +124,7 @@ def optimizer_for(model: GDFNet, optim: OptimConfig, frozen: bool) -> torch.opti
     """AdamW over the head (``optim.lr``) and, when it trains, the backbone (``optim.backbone_lr``)."""
     groups = [{"params": list(model.head_modules().parameters()), "lr": optim.lr}]
     if not frozen:
-        groups.append({"params": list(model.backbone.parameters()), "lr": optim.backbone_lr})
+        groups.append({"params": [p for p in model.backbone.parameters() if p.requires_grad], "lr": optim.backbone_lr})
     return torch.optim.AdamW(groups, weight_decay=optim.weight_decay)
 
 
@@ -171,7 +177,7 @@ class Trainer:
         ctx = ctx or DistContext()
         frozen = cfg.train.frozen_backbone
         seed_everything(cfg.train.seed)  # the same weights in every process
-        model = place_model(cls.new_model(cfg, bits, data), device, ctx, frozen)
+        model = place_model(cls.new_model(cfg, bits, data), device, ctx, frozen, cfg.train.frozen_stages)
         if ctx.rank:  # from here on each process draws its own dropout masks
             seed_everything(process_seed(cfg.train.seed, ctx.rank))
         freeze_unreached(model, cfg)

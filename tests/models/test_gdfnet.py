@@ -101,6 +101,18 @@ def test_presets_load():
         GDFNetConfig.preset("gpu")
 
 
+def test_the_finetune_preset_is_the_cpu_preset_with_its_backbone_trained():
+    from gdf_pyg.presets import load_preset_dict
+    from gdf_pyg.utils.config_io import merge
+
+    cpu, finetune = load_preset_dict("cpu"), load_preset_dict("finetune")
+    assert "extends" not in finetune and finetune["model"] == cpu["model"]
+    assert finetune["train"]["frozen_backbone"] is False and finetune["train"]["frozen_stages"] == 3
+    changes = {"optim": {"epochs": finetune["optim"]["epochs"], "backbone_lr": finetune["optim"]["backbone_lr"]},
+               "train": {"frozen_backbone": False, "frozen_stages": 3, "eval_every": finetune["train"]["eval_every"]}}
+    assert finetune == merge(cpu, changes)
+
+
 def test_from_yaml(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text(f"model:\n  bits: 24\n  backbone:\n    name: {TINY_BACKBONE}\n    pretrained: false\n")

@@ -76,3 +76,43 @@ def test_local_imagenet_weights_predict_birds():
         x = torch.stack(images[:2])
         # Same weights; channels-last convolutions only reorder the float sums.
         torch.testing.assert_close(bb(x), model.blocks(model.bn1(model.conv_stem(x))), atol=1e-4, rtol=1e-3)
+
+
+def test_frozen_stages_keep_the_stem_and_first_stages_out_of_training():
+    bb = FeatureBackbone(TINY_BACKBONE, pretrained=False)
+    assert bb.num_stages == 5
+    count = bb.freeze_stages(2)
+    frozen = {n for n, p in bb.named_parameters() if not p.requires_grad}
+    # the stem and blocks 0 and 1 (the second stage ends at blocks.1), nothing after
+    expected = {n for n, _ in bb.named_parameters()
+                if n.startswith(("model.conv_stem.", "model.bn1.", "model.blocks.0.", "model.blocks.1."))}
+    assert frozen == expected and count == sum(p.numel() for n, p in bb.named_parameters() if n in expected)
+    assert "frozen_stages=2" in repr(bb)
+    # no gradient reaches them; the later stages get one
+    bb.train()
+    bb(torch.randn(2, 3, 64, 64)).square().mean().backward()
+    grads = {n: p.grad for n, p in bb.named_parameters()}
+    assert all(grads[n] is None for n in frozen)
+    assert all(g is not None and g.abs().sum() > 0 for n, g in grads.items() if n not in frozen and "weight" in n)
+    # their batch statistics stay put in training mode; the later stages' move
+    assert not bb.model.bn1.training and not bb.model.blocks[1][0].bn1.training
+    assert bb.model.blocks[2][0].bn1.training
+    before = bb.model.blocks[0][0].bn1.running_mean.clone(), bb.model.blocks[2][0].bn1.running_mean.clone()
+    bb(torch.randn(2, 3, 64, 64))
+    assert torch.equal(bb.model.blocks[0][0].bn1.running_mean, before[0])
+    assert not torch.equal(bb.model.blocks[2][0].bn1.running_mean, before[1])
+    # 0 frees every stage again
+    assert bb.freeze_stages(0) == 0 and all(p.requires_grad for p in bb.parameters()) and bb.model.bn1.training
+
+
+def test_frozen_stages_out_of_range_name_the_backbone():
+    from gdf_pyg.nn.backbone import num_stages_of
+
+    assert num_stages_of(TINY_BACKBONE) == 5 and num_stages_of("resnet18") == 5
+    with pytest.raises(ValueError, match=r"frozen_stages must be in \[0, 5\].*test_efficientnet.*got 6"):
+        FeatureBackbone(TINY_BACKBONE, pretrained=False).freeze_stages(6)
+    # a ResNet's stem ends in modules without weights (act1): its first stage is conv1 and bn1
+    bb = FeatureBackbone("resnet18", pretrained=False)
+    bb.freeze_stages(1)
+    assert {n for n, p in bb.named_parameters() if not p.requires_grad} == {
+        "model.conv1.weight", "model.bn1.weight", "model.bn1.bias"}

@@ -43,6 +43,15 @@ def test_cpu_preset_steps_read_nothing_back(tmp_path):
     assert count.total - count.in_evaluation <= count.steps, (count.total, count.in_evaluation, count.by_op)
 
 
+def test_finetune_preset_steps_read_nothing_back(tmp_path):
+    # Backbone trained after its first 3 stages, shared encoder, augmented photos.
+    count = _count(tmp_path, "finetune", "optim.epochs=2", "train.bits=[12,24]", "train.eval_every=1",
+                   "model.graph.k=3")
+    assert count.steps == 2 * 6
+    assert count.in_steps == 0, count.by_op
+    assert count.total - count.in_evaluation <= count.steps, (count.total, count.in_evaluation, count.by_op)
+
+
 def _epoch_syncs(rank, world, root):
     from gdf_pyg.models.gdfnet import GDFNet
     from gdf_pyg.training.config import TrainConfig

@@ -244,3 +244,27 @@ def test_the_feature_cache_is_keyed_on_what_changes_the_features(tmp_path, folde
                                     folder=f"views{seed}{workers}")[2]["view1"].values
              for seed, workers in ((0, 0), (1, 0), (0, 2))}
     assert not torch.equal(views[0, 0], views[1, 0]) and torch.equal(views[0, 0], views[0, 2])
+
+
+def test_frozen_stages_train_only_the_later_stages(tmp_path, folder_root):
+    cfg = TrainConfig.load(overrides=[f"data.root={folder_root}", *TINY, "train.frozen_stages=3",
+                                      "train.freeze_backbone_bn=false", "optim.backbone_lr=0.01"])
+    trainer = image_trainer(cfg, tmp_path)
+    start = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    optimised = {id(p) for group in trainer.optimizer.param_groups for p in group["params"]}
+    assert not any(id(p) in optimised for p in trainer.model.backbone.parameters() if not p.requires_grad)
+    trainer.fit()
+    end = trainer.model.state_dict()
+    changed = {k for k in start if k.startswith("backbone.") and not torch.equal(start[k], end[k])}
+    early = ("backbone.model.conv_stem.", "backbone.model.bn1.", *(f"backbone.model.blocks.{i}." for i in range(3)))
+    assert changed and not any(k.startswith(early) for k in changed)
+    assert any(k.startswith("backbone.model.blocks.3.") and k.endswith("running_mean") for k in changed)
+
+
+def test_frozen_stages_beyond_the_backbone_stop_before_work(tmp_path, folder_root):
+    cfg = TrainConfig.load(overrides=[f"data.root={folder_root}", *TINY, "train.frozen_stages=6"])
+    with pytest.raises(ConfigError, match="train.frozen_stages: 'test_efficientnet' has 5 feature stages; got 6"):
+        train(cfg, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(ConfigError, match="train.frozen_stages: must be >= 0, got -1"):
+        TrainConfig.load(overrides=[f"data.root={folder_root}", *TINY, "train.frozen_stages=-1"])
