@@ -202,8 +202,8 @@ class FeatureBackbone(nn.Module):
         the stem before them) at their pretrained values while the rest trains; 0 frees them all.
 
         The early stages run at the highest resolutions and hold generic filters: not training
-        them skips their backward pass (about 2.5x the training images/s of EfficientNet-Lite0 at
-        224 px on a CPU with 3 of its 5 stages frozen). Returns the number of frozen parameters.
+        them skips their backward pass (about 1.6x the training images/s of EfficientNet-Lite0 at
+        224 px on a 2-core CPU with 3 of its 5 stages frozen). Returns the number of frozen parameters.
         """
         if not 0 <= num_stages <= self.num_stages:
             raise ValueError(f"frozen_stages must be in [0, {self.num_stages}] (the feature stages of "
