@@ -25,31 +25,32 @@ def _count(tmp_path: Path, preset: str, *overrides: str):
     return count
 
 
+def _assert_steps_read_nothing_back(count) -> None:
+    """Two epochs of 6 steps: no round trip inside a step; everything else but the evaluations
+    (whose mAP is computed on the host): at most one per step."""
+    assert count.steps == 2 * 6
+    assert count.in_steps == 0, count.by_op
+    assert count.total - count.in_evaluation <= count.steps, (count.total, count.in_evaluation, count.by_op)
+
+
 def test_paper_preset_steps_read_nothing_back(tmp_path):
     # Fine-tuned backbone, 32 attention parts, dynamic 3-NN graph, bf16 autocast (on the CPU too).
     count = _count(tmp_path, "paper", "optim.epochs=2", "train.bits=[12]")
-    assert count.steps == 2 * 6
-    assert count.in_steps == 0, count.by_op
-    # Everything else but the evaluations (whose mAP is computed on the host): at most one per step.
-    assert count.total - count.in_evaluation <= count.steps, (count.total, count.in_evaluation, count.by_op)
+    _assert_steps_read_nothing_back(count)
 
 
 def test_cpu_preset_steps_read_nothing_back(tmp_path):
     # Frozen backbone: cached maps, augmented views, a shared encoder with two heads.
     count = _count(tmp_path, "cpu", "optim.epochs=2", "train.bits=[12,24]", "train.cached_views=1",
                    "model.img_size=128")
-    assert count.steps == 2 * 6
-    assert count.in_steps == 0, count.by_op
-    assert count.total - count.in_evaluation <= count.steps, (count.total, count.in_evaluation, count.by_op)
+    _assert_steps_read_nothing_back(count)
 
 
 def test_finetune_preset_steps_read_nothing_back(tmp_path):
     # Backbone trained after its first 3 stages, shared encoder, augmented photos.
     count = _count(tmp_path, "finetune", "optim.epochs=2", "train.bits=[12,24]", "train.eval_every=1",
                    "model.graph.k=3")
-    assert count.steps == 2 * 6
-    assert count.in_steps == 0, count.by_op
-    assert count.total - count.in_evaluation <= count.steps, (count.total, count.in_evaluation, count.by_op)
+    _assert_steps_read_nothing_back(count)
 
 
 def _epoch_syncs(rank, world, root):
