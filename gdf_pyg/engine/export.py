@@ -71,12 +71,17 @@ def _card_facts(model: GDFNet, state: Dict[str, Any], result: Dict[str, Any]) ->
                   f"the photos at equal Hamming distance), {metrics.get('map_db_order', float('nan')):.4f} with ties in "
                   f"database order; {result.get('queries')} test photos searched among {result.get('database')} "
                   f"training photos by Hamming distance of the {model.bits}-bit codes")
-    unseen = ("its hash layer reads a class posterior, so a photo of a class it never saw gets the code of the "
-              "trained class it resembles most (or a mix): retrieval among classes never trained on is much weaker "
-              "than among trained ones (`benchmarks/unseen_classes.py` measures it)"
-              if model.config.hash_input != "features" else
-              "photos of classes it never saw get codes of what the model learned from the trained classes: "
-              "retrieval among them is weaker than among trained ones")
+    if model.head.similarity_bits:
+        unseen = ("its codes also keep the backbone's similarities between photos, so photos of classes it never "
+                  "saw keep much of their neighbours, though retrieval among them is weaker than among trained ones "
+                  "(`benchmarks/unseen_classes.py` measures it)")
+    elif model.config.hash_input != "features":
+        unseen = ("its hash layer reads a class posterior, so a photo of a class it never saw gets the code of the "
+                  "trained class it resembles most (or a mix): retrieval among classes never trained on is much "
+                  "weaker than among trained ones (`benchmarks/unseen_classes.py` measures it)")
+    else:
+        unseen = ("photos of classes it never saw get codes of what the model learned from the trained classes: "
+                  "retrieval among them is weaker than among trained ones")
     return {"named": named, "split": split, "evaluation": evaluation, "unseen": unseen}
 
 

@@ -23,7 +23,7 @@ from ..utils.config_io import apply_overrides, from_dict, load_yaml, to_dict
 
 log = logging.getLogger(__name__)
 
-__all__ = ["GDFNet", "GDFNetConfig", "GDFOutput", "RegionGraphEncoder", "SharedEncoderGDFNet"]
+__all__ = ["GDFNet", "GDFNetConfig", "GDFOutput", "RegionGraphEncoder", "SharedEncoderGDFNet", "similarity_bits_of"]
 
 
 @dataclass
@@ -35,7 +35,10 @@ class GDFNetConfig:
     or ``"mlp"`` (the aggregation's layers on the pooled feature: the capacity control).
     ``hash_hidden``, ``hash_dropout``, ``hash_input`` (``"features"``, or ``"posterior"``: the
     hash layer reads a class classifier's posterior) and ``hash_posterior_scale`` shape the
-    :class:`~gdf_pyg.nn.hash.HashHead`.
+    :class:`~gdf_pyg.nn.hash.HashHead`. With ``hash_similarity_min_bits`` :math:`m > 0` every bit of a
+    code of at least :math:`m` bits also keeps the backbone's similarities (``similarity_bits``,
+    trained by ``loss.similarity``), for classes never trained on; shorter codes, which have no
+    bits to spare, stay class codes. 0: no code does.
     """
 
     head: str = "gdf"
@@ -47,6 +50,7 @@ class GDFNetConfig:
     hash_hidden: int = 0
     hash_input: str = "features"
     hash_posterior_scale: float = 3.0
+    hash_similarity_min_bits: int = 0
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     nodes: NodesConfig = field(default_factory=NodesConfig)
     graph: GraphConfig = field(default_factory=GraphConfig)
@@ -63,6 +67,8 @@ class GDFNetConfig:
         choice(self.hash_input, HASH_INPUTS, f"{prefix}.hash_input")
         require(self.hash_posterior_scale > 0, f"{prefix}.hash_posterior_scale",
                 f"must be > 0, got {self.hash_posterior_scale}")
+        require(self.hash_similarity_min_bits >= 0, f"{prefix}.hash_similarity_min_bits",
+                f"must be >= 0 bits (0: no code keeps the backbone's similarities), got {self.hash_similarity_min_bits}")
         self.backbone.validate(f"{prefix}.backbone")
         self.nodes.validate(f"{prefix}.nodes")
         self.graph.validate(f"{prefix}.graph")
@@ -113,6 +119,13 @@ class GDFNetConfig:
 
     def to_dict(self) -> Dict[str, Any]:
         return to_dict(self)
+
+
+def similarity_bits_of(config: GDFNetConfig, bits: int) -> int:
+    """How many bits of a ``bits``-bit code keep the backbone's similarities: all of them from
+    ``config.hash_similarity_min_bits`` bits on, else none."""
+    m = config.hash_similarity_min_bits
+    return bits if m and bits >= m else 0
 
 
 class GDFOutput(NamedTuple):
@@ -224,7 +237,7 @@ class GDFNet(nn.Module):
         """A hash layer of ``bits`` bits on the encoder's features, as the config asks."""
         c = self.config
         return HashHead(self.feature_dim, bits, c.num_classes, c.hash_dropout, c.hash_hidden, c.hash_input,
-                        c.hash_posterior_scale)
+                        c.hash_posterior_scale, similarity_bits_of(c, bits))
 
     @property
     def aggregation(self) -> Optional[GraphAggregation]:

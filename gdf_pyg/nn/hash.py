@@ -8,7 +8,7 @@ from torch import Tensor, nn
 
 __all__ = ["HASH_INPUTS", "HashHead", "HashOutput"]
 
-HASH_INPUTS = ("features", "posterior", "both")
+HASH_INPUTS = ("features", "posterior")
 
 
 class HashOutput(NamedTuple):
@@ -48,10 +48,18 @@ class HashHead(nn.Module):
         \mathbf{u} = \mathbf{W}_p\,\mathbf{x} + \mathbf{b}_p, \qquad
         \mathbf{h} = \tanh\big(s\,(\mathbf{W}_h \operatorname{softmax}(\mathbf{u}) + \mathbf{b}_h)\big)
 
-    With ``hash_input="both"`` the features' own hyperplanes are added before the tanh,
-    :math:`\mathbf{h} = \tanh\big(s\,(\mathbf{W}_h \operatorname{softmax}(\mathbf{u}) + \mathbf{b}_h)
-    + \mathbf{W}_x \mathbf{x}\big)`: a confident prediction still gives its class's code, and what
-    the classes do not say (a photo of a class never trained on) moves the code by the features.
+    With ``similarity_bits`` :math:`K_s > 0` the last :math:`K_s` bits (all of them with
+    :math:`K_s = K`) also read the features through hyperplanes of their own, trained to keep the
+    backbone's similarities (:func:`~gdf_pyg.nn.losses.similarity_preserving_loss`,
+    ``loss.similarity``):
+
+    .. math::
+        \mathbf{h} = \tanh\big(\mathbf{a} + [\,\mathbf{0}_{K - K_s} \;\|\; \mathbf{W}_s\,\mathbf{x}\,]\big)
+
+    with :math:`\mathbf{a}` the pre-activation above. On a posterior head a confident prediction of a
+    trained class still gives its class's code; a photo of a class never trained on, whose posterior
+    spreads over the trained classes it resembles, keeps in those bits the neighbourhoods the
+    backbone gives it, where class bits alone map it onto the nearest trained class.
 
     Column :math:`c` of :math:`\mathbf{W}_h` (:math:`K \times C`) is then class :math:`c`'s
     learned code: a confident prediction of class :math:`c` gives
@@ -76,9 +84,11 @@ class HashHead(nn.Module):
         num_classes (int): number of classes :math:`C`.
         dropout (float): dropout on the normalised features. (default: :obj:`0.0`)
         hidden_channels (int): width :math:`H` of the hidden layer, 0 for none. (default: :obj:`0`)
-        hash_input (str): what the hash layer reads, ``"features"``, ``"posterior"`` or ``"both"``.
+        hash_input (str): what the hash layer reads, ``"features"`` or ``"posterior"``.
             (default: :obj:`"features"`)
         posterior_scale (float): :math:`s`, with ``hash_input="posterior"``. (default: :obj:`3.0`)
+        similarity_bits (int): :math:`K_s`, the code's last bits that also keep the backbone's
+            similarities, :math:`0 \le K_s \le K`. (default: :obj:`0`)
 
     Shapes:
         - **input:** features :math:`(B, D)`
@@ -87,7 +97,8 @@ class HashHead(nn.Module):
     """
 
     def __init__(self, in_channels: int, bits: int, num_classes: int, dropout: float = 0.0,
-                 hidden_channels: int = 0, hash_input: str = "features", posterior_scale: float = 3.0) -> None:
+                 hidden_channels: int = 0, hash_input: str = "features", posterior_scale: float = 3.0,
+                 similarity_bits: int = 0) -> None:
         super().__init__()
         if bits < 1:
             raise ValueError(f"bits must be a positive integer, got {bits}")
@@ -97,7 +108,10 @@ class HashHead(nn.Module):
             raise ValueError(f"hash_input must be one of {HASH_INPUTS}, got {hash_input!r}")
         if posterior_scale <= 0:
             raise ValueError(f"posterior_scale must be > 0, got {posterior_scale}")
+        if not 0 <= similarity_bits <= bits:
+            raise ValueError(f"similarity_bits must be in [0, bits] = [0, {bits}], got {similarity_bits}")
         self.in_channels, self.bits, self.num_classes = in_channels, bits, num_classes
+        self.similarity_bits = similarity_bits
         self.hidden_channels, self.hash_input, self.posterior_scale = hidden_channels, hash_input, posterior_scale
         self.norm = nn.BatchNorm1d(in_channels)
         self.dropout = nn.Dropout(dropout)
@@ -107,8 +121,8 @@ class HashHead(nn.Module):
         width = hidden_channels or in_channels
         self.class_classifier = nn.Linear(width, num_classes) if hash_input != "features" else None
         self.hash = nn.Linear(num_classes if self.class_classifier is not None else width, bits)
-        # "both": the features' own hyperplanes beside the class codes, for what the classes do not say
-        self.hash_features = nn.Linear(width, bits, bias=False) if hash_input == "both" else None
+        # no bias: the class code sets each bit's offset
+        self.similarity = nn.Linear(width, similarity_bits, bias=False) if similarity_bits else None
         self.classifier = nn.Linear(bits, num_classes)
         self.reset_parameters()
 
@@ -119,10 +133,15 @@ class HashHead(nn.Module):
             self.hidden[1].reset_parameters()
         if self.class_classifier is not None:
             self.class_classifier.reset_parameters()
-        if self.hash_features is not None:
-            self.hash_features.reset_parameters()
+        if self.similarity is not None:
+            self.similarity.reset_parameters()
         self.hash.reset_parameters()
         self.classifier.reset_parameters()
+
+    @property
+    def class_bits(self) -> int:
+        """The bits that code the classes alone (the first ones); the rest also keep the backbone's similarities."""
+        return self.bits - self.similarity_bits
 
     def forward(self, features: Tensor) -> HashOutput:
         x = self.dropout(self.norm(features))
@@ -130,15 +149,19 @@ class HashHead(nn.Module):
             x = self.hidden(x)
         class_logits = None
         if self.class_classifier is None:
-            codes = torch.tanh(self.hash(x))
+            pre = self.hash(x)
         else:
             class_logits = self.class_classifier(x)
             pre = self.posterior_scale * self.hash(torch.softmax(class_logits, dim=1))
-            codes = torch.tanh(pre if self.hash_features is None else pre + self.hash_features(x))
+        if self.similarity is not None:
+            pre = torch.cat([pre[:, :self.class_bits], pre[:, self.class_bits:] + self.similarity(x)], dim=1)
+        codes = torch.tanh(pre)
         return HashOutput(codes, self.classifier(codes), class_logits)
 
     def __repr__(self) -> str:
         hidden = f", hidden_channels={self.hidden_channels}" if self.hidden_channels else ""
         source = (f", hash_input={self.hash_input!r}, posterior_scale={self.posterior_scale:g}"
                   if self.class_classifier is not None else "")
-        return f"{self.__class__.__name__}({self.in_channels}, bits={self.bits}, num_classes={self.num_classes}{hidden}{source})"
+        similarity = f", similarity_bits={self.similarity_bits}" if self.similarity_bits else ""
+        return (f"{self.__class__.__name__}({self.in_channels}, bits={self.bits}, num_classes={self.num_classes}"
+                f"{hidden}{source}{similarity})")

@@ -151,21 +151,26 @@ def pairwise_cauchy_loss(h: Tensor, labels: Tensor, gamma: float = 20.0, eps: fl
     return (w * terms).sum() / n_all
 
 
-def similarity_preserving_loss(h: Tensor, teacher: Tensor, eps: float = 1e-8) -> Tensor:
+def similarity_preserving_loss(h: Tensor, teacher: Tensor, labels: Optional[Tensor] = None,
+                               eps: float = 1e-8) -> Tensor:
     r"""The codes' similarities follow a teacher's (e.g. the backbone's pooled features), so that
     photos of classes never trained on keep the neighbourhoods the backbone gives them.
 
     .. math::
         \mathcal{L}_S = \frac{1}{B(B-1)} \sum_{i \ne j} \Big(\frac{\mathbf{h}_i^\top \mathbf{h}_j}{K}
-        - \cos(\mathbf{t}_i - \bar{\mathbf{t}}, \mathbf{t}_j - \bar{\mathbf{t}})\Big)^2
+        - t_{ij}\Big)^2, \qquad
+        t_{ij} = \cos(\mathbf{t}_i - \bar{\mathbf{t}}, \mathbf{t}_j - \bar{\mathbf{t}})
 
     with :math:`\bar{\mathbf{t}}` the batch mean of the teacher features (frozen features of a
     backbone share a large offset; their centred cosines spread over :math:`[-1, 1]` as the codes'
-    normalised inner products do). The teacher passes no gradient.
+    normalised inner products do). Given ``labels``, pairs of one class have target
+    :math:`t_{ij} = 1` (identical codes): the codes keep the teacher's similarities between classes
+    and give a trained class one code, as a class code does. The teacher passes no gradient.
 
     Args:
         h (Tensor): relaxed codes :math:`(B, K)`.
         teacher (Tensor): teacher features :math:`(B, C)`.
+        labels (Tensor, optional): class labels :math:`(B,)`.
     """
     _check_codes(h)
     if teacher.dim() != 2 or teacher.size(0) != h.size(0):
@@ -175,8 +180,14 @@ def similarity_preserving_loss(h: Tensor, teacher: Tensor, eps: float = 1e-8) ->
         return h.sum() * 0.0
     t = teacher.detach().to(h.dtype)
     t = F.normalize(t - t.mean(0, keepdim=True), dim=1, eps=eps)
+    target = t @ t.t()
+    if labels is not None:
+        if labels.size(0) != b:
+            raise ValueError(f"labels has {labels.size(0)} rows for {b} codes")
+        same = similarity_from_labels(labels).to(h.dtype)
+        target = same + (1.0 - same) * target
     off_diag = 1.0 - torch.eye(b, dtype=h.dtype, device=h.device)
-    gap = (h @ h.t()) / h.size(1) - t @ t.t()
+    gap = (h @ h.t()) / h.size(1) - target
     return (gap.square() * off_diag).sum() / (b * (b - 1))
 
 
@@ -385,7 +396,7 @@ class LossWeights:
     each shorter head's logits to the longest head's, at ``distill_temperature``. ``similarity``
     weighs :func:`similarity_preserving_loss` of the codes to the backbone's pooled features (the
     model's ``GDFOutput.pooled``): codes that keep the backbone's neighbourhoods for classes never
-    trained on.
+    trained on; with ``similarity_classes`` the pairs of one class are identical in its target.
     """
 
     classification: float = 1.0
@@ -404,6 +415,7 @@ class LossWeights:
     distill: float = 0.0
     distill_temperature: float = 2.0
     similarity: float = 0.0
+    similarity_classes: bool = False
 
     def validate(self, prefix: str = "loss") -> None:
         require(self.gamma > 0, f"{prefix}.gamma", f"must be > 0, got {self.gamma}")
@@ -433,7 +445,8 @@ class GDFLoss(nn.Module):
     the logits' number of classes and the codes' length), plus, given ``class_logits`` (a
     ``hash_input="posterior"`` head), :math:`\lambda_P` times their cross-entropy, and given a
     ``teacher`` (the backbone's pooled features), :math:`\lambda_S` times
-    :func:`similarity_preserving_loss`. ``forward``
+    :func:`similarity_preserving_loss` (of the codes' last ``similarity_bits`` bits when given, a
+    head's :attr:`~gdf_pyg.nn.hash.HashHead.similarity_bits`; none for 0). ``forward``
     returns a dict with the total under ``"loss"`` and each weighted term. Under multi-process
     training every term is computed on the outputs of the whole global batch; ``shard_sizes``
     (every process's rows, when the caller knows them) spares the exchange of shapes, which reads
@@ -454,7 +467,8 @@ class GDFLoss(nn.Module):
         return self._centers[key]
 
     def forward(self, codes: Tensor, logits: Tensor, labels: Tensor, class_logits: Optional[Tensor] = None,
-                shard_sizes: Optional[Sequence[int]] = None, teacher: Optional[Tensor] = None) -> Dict[str, Tensor]:
+                shard_sizes: Optional[Sequence[int]] = None, teacher: Optional[Tensor] = None,
+                similarity_bits: Optional[int] = None) -> Dict[str, Tensor]:
         # Under multi-process training every term is computed on the outputs of the whole global
         # batch (gathered, differentiably; shards may differ in size, given by shard_sizes when the
         # caller knows them), so each process holds the single-process loss and DDP's averaged
@@ -474,8 +488,11 @@ class GDFLoss(nn.Module):
             terms["balance"] = w.balance * bit_balance_loss(codes)
         if w.pairwise:
             terms["pairwise"] = w.pairwise * pairwise_cauchy_loss(codes, labels, w.gamma)
-        if w.similarity and teacher is not None:
-            terms["similarity"] = w.similarity * similarity_preserving_loss(codes, gather(teacher))
+        if w.similarity and teacher is not None and similarity_bits != 0:
+            # a head with similarity bits (its last ones) keeps the teacher's similarities in those alone
+            kept = codes if similarity_bits is None else codes[:, codes.size(1) - similarity_bits:]
+            terms["similarity"] = w.similarity * similarity_preserving_loss(
+                kept, gather(teacher), labels if w.similarity_classes else None)
         if w.center or w.orthohash:
             centers = self.centers(logits.size(1), codes.size(1), codes.device)
             if w.center:

@@ -161,6 +161,9 @@ class TrainConfig:
         self.loss.validate("loss")
         require(not self.loss.distill or self.train.shared_encoder, "loss.distill",
                 "distils the shorter heads of a shared encoder from the longest; it needs train.shared_encoder=true")
+        require(not self.model.hash_similarity_min_bits or self.loss.similarity > 0, "loss.similarity",
+                f"must be > 0 with model.hash_similarity_min_bits={self.model.hash_similarity_min_bits}: it is what "
+                "keeps the backbone's similarities")
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "TrainConfig":

@@ -22,7 +22,7 @@ from ..nn.sync import all_gather_cat
 from ..utils.checks import ConfigError
 from .config import TrainConfig
 from .run_data import RunData
-from .trainer import Trainer, model_config_for
+from .trainer import Trainer, model_config_for, similarity_bits_of_head
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,8 @@ class SharedEncoderTrainer(Trainer):
         teacher_logits = all_gather_cat(logits[longest], sizes) if w.distill else None  # once for every student
         terms: Dict[str, Tensor] = {}
         for b in self.all_bits:
-            head = self.loss_fn(codes[b], logits[b], labels, class_logits.get(b), shard_sizes=sizes, teacher=teacher)
+            head = self.loss_fn(codes[b], logits[b], labels, class_logits.get(b), shard_sizes=sizes, teacher=teacher,
+                                similarity_bits=similarity_bits_of_head(model, model.heads[str(b)]))
             if teacher_logits is not None and b != longest:
                 head["distill"] = w.distill * distillation_loss(all_gather_cat(logits[b], sizes), teacher_logits,
                                                                 w.distill_temperature)

@@ -34,6 +34,7 @@ from ..engine.checkpoint import capture_rng, load_checkpoint, restore_rng, save_
 from ..engine.distributed import DistContext, barrier, every_process, from_main, process_seed
 from ..engine.encoding import EncodedSet
 from ..models.gdfnet import GDFNet, GDFNetConfig, GDFOutput
+from ..nn.hash import HashHead
 from ..nn.losses import GDFLoss
 from ..nn.sync import convert_batchnorm
 from ..retrieval.evaluation import Evaluator
@@ -108,6 +109,13 @@ def place_model(model: GDFNet, device: torch.device, ctx: DistContext, frozen: b
         except ValueError as err:
             raise ConfigError(f"train.frozen_stages: {err}") from None
     return model
+
+
+def similarity_bits_of_head(model: GDFNet, head: HashHead) -> Optional[int]:
+    """The bits of ``head``'s codes that ``loss.similarity`` reaches: those it keeps for the
+    backbone's similarities when the model's config says which (``hash_similarity_min_bits``),
+    else all (``None``)."""
+    return head.similarity_bits if model.config.hash_similarity_min_bits else None
 
 
 def freeze_unreached(model: GDFNet, cfg: TrainConfig) -> None:
@@ -336,7 +344,7 @@ class Trainer:
         class_logits = None if out.class_logits is None else out.class_logits.float()
         teacher = out.pooled.float() if out.pooled is not None and self.loss_fn.weights.similarity else None
         return self.loss_fn(out.codes.float(), out.logits.float(), labels, class_logits, shard_sizes=sizes,
-                            teacher=teacher)
+                            teacher=teacher, similarity_bits=similarity_bits_of_head(self.model, self.model.head))
 
     def optimizer_step(self) -> None:
         if self.settings.grad_clip > 0:

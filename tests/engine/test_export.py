@@ -20,7 +20,7 @@ def run(tmp_path, folder_root):
     out = tmp_path / "run"
     assert main(["train", "--out", str(out), "--no-progress", f"data.root={folder_root}", "train.bits=[12,16]",
                  "train.frozen_backbone=false", *TINY_RUN, "optim.epochs=2", "model.hash_input=posterior",
-                 "model.hash_hidden=8"]) == 0
+                 "model.hash_hidden=8", "model.hash_similarity_min_bits=16", "loss.similarity=1.0"]) == 0
     return out
 
 
@@ -36,6 +36,14 @@ def test_an_exported_model_gives_the_checkpoints_codes_exactly_and_loads_without
     result = json.loads((run / "bits12" / "result.json").read_text())
     assert f"test mAP@all **{result['metrics']['map']:.4f}**" in card and "Classes never trained on" in card
     assert "GDFNet.from_pretrained" in card
+    assert "reads a class posterior" in card
+    # the 16-bit model keeps the backbone's similarities in its codes, and says so
+    assert "keep the backbone's similarities" in (tmp_path / "exported" / "bits16" / "README.md").read_text()
+    long_model, _ = load_model(run / "bits16" / "best.pt", "cpu")
+    exported_long = GDFNet.from_pretrained(tmp_path / "exported" / "bits16")
+    assert long_model.head.similarity_bits == exported_long.head.similarity_bits == 16
+    pixels = torch.randint(0, 256, (4, 3, 64, 64), dtype=torch.uint8)
+    assert torch.equal(exported_long.encode(pixels), long_model.encode(pixels))
     # Moved away from the run, the checkpoint gone: it loads from the folder alone.
     moved = tmp_path / "elsewhere"
     shutil.copytree(folder, moved)
@@ -66,8 +74,8 @@ def test_a_malformed_folder_stops_naming_the_file(tmp_path, run):
     (folder / "config.json").write_text(json.dumps({**config, "format_version": 99}))
     with pytest.raises(PretrainedFormatError, match=r"config.json: format_version 99 is newer than this gdf-pyg reads"):
         GDFNet.from_pretrained(folder)
-    (folder / "config.json").write_text(json.dumps({**config, "bits": 16,
-                                                    "model_config": {**config["model_config"], "bits": 16}}))
+    (folder / "config.json").write_text(json.dumps({**config, "bits": 16, "model_config": {
+        **config["model_config"], "bits": 16, "hash_similarity_min_bits": 0}}))
     with pytest.raises(PretrainedFormatError, match=r"model.safetensors: the weights do not match the model of "
                                                     r"config.json: 3 of another shape \(first head.classifier.weight: \(3, 12\) for \(3, 16\)\)"):
         GDFNet.from_pretrained(folder)

@@ -75,7 +75,7 @@ def test_config_errors_name_the_key():
         tiny_config(aggregation__conv="gin")
     with pytest.raises(ConfigError, match="model.hash_hidden: must be >= 0 channels"):
         tiny_config(hash_hidden=-2)
-    with pytest.raises(ConfigError, match=r"model.hash_input: 'logits' is not allowed; expected one of \['features', 'posterior', 'both'\]"):
+    with pytest.raises(ConfigError, match=r"model.hash_input: 'logits' is not allowed; expected one of \['features', 'posterior'\]"):
         tiny_config(hash_input="logits")
     with pytest.raises(ConfigError, match="model.hash_posterior_scale: must be > 0, got -1"):
         tiny_config(hash_posterior_scale=-1)
@@ -106,10 +106,14 @@ def test_the_finetune_preset_is_the_cpu_preset_with_its_backbone_trained():
     from gdf_pyg.utils.config_io import merge
 
     cpu, finetune = load_preset_dict("cpu"), load_preset_dict("finetune")
-    assert "extends" not in finetune and finetune["model"] == cpu["model"]
+    assert "extends" not in finetune
     assert finetune["train"]["frozen_backbone"] is False and finetune["train"]["frozen_stages"] == 3
+    # the cpu preset's model and losses, with class codes at every length (as it was measured)
     changes = {"optim": {"epochs": finetune["optim"]["epochs"], "backbone_lr": finetune["optim"]["backbone_lr"]},
-               "train": {"frozen_backbone": False, "frozen_stages": 3, "eval_every": finetune["train"]["eval_every"]}}
+               "train": {"frozen_backbone": False, "frozen_stages": 3, "eval_every": finetune["train"]["eval_every"]},
+               "model": {"hash_similarity_min_bits": 0},
+               "loss": {"similarity": 0.0, "similarity_classes": False}}
+    assert cpu["model"]["hash_similarity_min_bits"] == 48 and cpu["loss"]["similarity"] > 0
     assert finetune == merge(cpu, changes)
 
 

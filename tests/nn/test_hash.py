@@ -92,22 +92,35 @@ def test_bad_arguments():
         HashHead(8, 0, 5)
     with pytest.raises(ValueError, match="hidden_channels"):
         HashHead(8, 12, 5, hidden_channels=-1)
-    with pytest.raises(ValueError, match="hash_input must be one of \\('features', 'posterior', 'both'\\), got 'logits'"):
+    with pytest.raises(ValueError, match="hash_input must be one of \\('features', 'posterior'\\), got 'logits'"):
         HashHead(8, 12, 5, hash_input="logits")
     with pytest.raises(ValueError, match="posterior_scale must be > 0, got 0"):
         HashHead(8, 12, 5, hash_input="posterior", posterior_scale=0.0)
 
 
-def test_both_inputs_add_the_features_hyperplanes_to_the_class_codes():
+@pytest.mark.parametrize("hash_input", ["features", "posterior"])
+def test_similarity_bits_add_the_features_hyperplanes_to_the_last_bits(hash_input):
     torch.manual_seed(0)
-    head = HashHead(6, bits=4, num_classes=3, hash_input="both", posterior_scale=2.0).eval()
-    x = torch.randn(5, 6)
-    out = head(x)
-    z = head.norm(x)
-    pre = 2.0 * head.hash(torch.softmax(head.class_classifier(z), dim=1)) + head.hash_features(z)
-    torch.testing.assert_close(out.codes, torch.tanh(pre))
-    assert out.class_logits.shape == (5, 3)
+    head = HashHead(8, bits=12, num_classes=5, hidden_channels=16, hash_input=hash_input, similarity_bits=4)
     head.train()
-    head(torch.randn(5, 6)).codes.sum().backward()
-    assert head.hash_features.weight.grad.abs().sum() > 0
-    assert "hash_input='both'" in repr(head)
+    head(torch.randn(32, 8) * 3 + 1)
+    head.eval()
+    f = torch.randn(6, 8)
+    codes, logits, _ = head(f)
+    class_codes, _, _ = _manual(head, f)  # the codes without the similarity hyperplanes
+    bn, (lin, bn2) = head.norm, head.hidden[:2]
+    x = (f - bn.running_mean) / torch.sqrt(bn.running_var + bn.eps) * bn.weight + bn.bias
+    x = torch.relu((x @ lin.weight.t() + lin.bias - bn2.running_mean) / torch.sqrt(bn2.running_var + bn2.eps)
+                   * bn2.weight + bn2.bias)  # what the hash layer reads
+    want = torch.tanh(torch.atanh(class_codes) + torch.cat([torch.zeros(6, 8), x @ head.similarity.weight.t()], 1))
+    assert head.class_bits == 8 and codes.shape == (6, 12) and logits.shape == (6, 5)
+    torch.testing.assert_close(codes[:, :8], class_codes[:, :8])
+    torch.testing.assert_close(codes, want)
+    torch.testing.assert_close(logits, codes @ head.classifier.weight.t() + head.classifier.bias)
+    assert head.similarity.bias is None and "similarity_bits=4" in repr(head)
+    with pytest.raises(ValueError, match="similarity_bits must be in \\[0, bits\\] = \\[0, 12\\], got 13"):
+        HashHead(8, bits=12, num_classes=5, similarity_bits=13)
+    every_bit = HashHead(8, bits=12, num_classes=5, hash_input="posterior", similarity_bits=12)
+    assert every_bit.class_bits == 0 and every_bit(torch.randn(3, 8)).codes.shape == (3, 12)
+    with pytest.raises(ValueError, match="similarity_bits"):
+        HashHead(8, bits=12, num_classes=5, similarity_bits=-1)

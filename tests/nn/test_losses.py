@@ -263,3 +263,30 @@ def test_gdf_loss_adds_the_similarity_term_only_with_a_teacher():
     with_teacher = loss(codes, logits, labels, teacher=teacher)
     torch.testing.assert_close(with_teacher["similarity"], 2.0 * similarity_preserving_loss(codes, teacher))
     assert "similarity" not in loss(codes, logits, labels)
+
+
+def test_gdf_loss_keeps_the_teachers_similarities_in_the_similarity_bits_alone():
+    from gdf_pyg.nn.losses import GDFLoss, LossWeights, similarity_preserving_loss
+
+    codes = torch.tanh(torch.randn(5, 12)).requires_grad_()
+    logits, labels, teacher = torch.randn(5, 3), torch.tensor([0, 1, 2, 0, 1]), torch.randn(5, 7)
+    loss = GDFLoss(LossWeights(classification=0.0, quantization=0.0, balance=0.0, similarity=1.0))
+    terms = loss(codes, logits, labels, teacher=teacher, similarity_bits=4)
+    torch.testing.assert_close(terms["similarity"], similarity_preserving_loss(codes[:, 8:], teacher))
+    terms["loss"].backward()
+    assert codes.grad[:, :8].abs().max() == 0 and codes.grad[:, 8:].abs().max() > 0
+
+
+def test_similarity_preserving_loss_with_labels_makes_a_class_one_code():
+    from gdf_pyg.nn.losses import similarity_preserving_loss
+
+    torch.manual_seed(0)
+    h, teacher, labels = torch.tanh(torch.randn(5, 8)), torch.randn(5, 6), torch.tensor([0, 1, 0, 2, 1])
+    t = torch.nn.functional.normalize(teacher - teacher.mean(0), dim=1)
+    target = t @ t.T
+    same = labels[:, None] == labels[None, :]
+    target[same] = 1.0
+    want = sum(((h[i] @ h[j]) / 8 - target[i, j]) ** 2 for i in range(5) for j in range(5) if i != j) / 20
+    torch.testing.assert_close(similarity_preserving_loss(h, teacher, labels), want)
+    with pytest.raises(ValueError, match="labels has 4 rows for 5 codes"):
+        similarity_preserving_loss(h, teacher, labels[:4])

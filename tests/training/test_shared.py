@@ -152,3 +152,32 @@ def test_each_posterior_heads_classifier_has_its_cross_entropy(tmp_path, folder_
     codes, logits = trainer.model.split(out.codes), out.logits.split(classes, dim=1)
     for i, bits in enumerate((12, 16)):
         torch.testing.assert_close(terms[f"loss@{bits}"], trainer.loss_fn(codes[bits], logits[i], labels, heads[i])["loss"])
+
+
+def test_codes_from_the_similarity_min_bits_keep_the_backbones_similarities(tmp_path, folder_root):
+    from gdf_pyg.nn.losses import similarity_preserving_loss
+
+    trainer = _trainer(folder_root, tmp_path, "model.hash_input=posterior", "model.hash_similarity_min_bits=16",
+                       "loss.similarity=2.0", "loss.similarity_classes=true", "loss.classification=0",
+                       "loss.posterior=0", "loss.quantization=0", "loss.balance=0")
+    model = trainer.model.train()
+    assert [model.heads[b].similarity_bits for b in ("12", "16")] == [0, 16]
+    assert model.heads["12"].similarity is None
+    out = model(torch.randn(4, 3, 64, 64))
+    labels = torch.tensor([0, 1, 2, 0])
+    terms = trainer.losses(out, labels)
+    # the 16-bit head alone, all of its bits, same-class pairs with target 1
+    torch.testing.assert_close(terms["similarity"],
+                               2.0 * similarity_preserving_loss(model.split(out.codes)[16], out.pooled, labels))
+    model.zero_grad()
+    terms["loss"].backward()
+    assert model.heads["16"].similarity.weight.grad.abs().sum() > 0
+    assert all(p.grad is None or not p.grad.any() for p in model.heads["12"].parameters())
+
+
+def test_the_similarity_min_bits_need_the_similarity_term(folder_root):
+    with pytest.raises(ConfigError, match="loss.similarity: must be > 0 with model.hash_similarity_min_bits=16"):
+        TrainConfig.load(overrides=[f"data.root={folder_root}", *TINY_RUN, "model.hash_similarity_min_bits=16"])
+    with pytest.raises(ConfigError, match="model.hash_similarity_min_bits: must be >= 0"):
+        TrainConfig.load(overrides=[f"data.root={folder_root}", *TINY_RUN, "model.hash_similarity_min_bits=-1",
+                                    "loss.similarity=1"])
