@@ -36,12 +36,8 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .common import base_parser, command_line, markdown_table, slug, write_results
-from .settings import BITS, DATASETS, LITE0, QUICK_DATASET, SHARED, dataset_overrides, difference, sample_sd
-
-
-# Every recipe trains class codes at every length, as its results were measured (the cpu preset
-# 0.9's 48-bit codes that keep the backbone's similarities: benchmarks.unseen_classes).
-CLASS_CODES = ("model.hash_similarity_min_bits=0", "loss.similarity=0", "loss.similarity_classes=false")
+from .settings import (BITS, CLASS_CODES, DATASETS, LITE0, QUICK_DATASET, SHARED, dataset_overrides, difference,
+                       sample_sd)
 
 
 @dataclass(frozen=True)
@@ -52,6 +48,8 @@ class Recipe:
 
     @property
     def overrides(self) -> Tuple[str, ...]:
+        # class codes at every length, as the results were measured (the cpu preset 0.9's 48-bit
+        # codes that keep the backbone's similarities: benchmarks.unseen_classes)
         return (*CLASS_CODES, *self.changes)
 
 

@@ -23,6 +23,9 @@ DATASETS: Dict[str, List[str]] = {
     "cars98": ["data.dataset=folder", f"data.root={SHARED / 'data' / 'cars98'}", "data.query_fraction=0.25",
                "data.val_fraction=0.1"],
 }
+# The cpu preset with class codes at every length (no code keeps the backbone's similarities): its
+# head before version 0.9, as the finetuning recipes were measured.
+CLASS_CODES = ("model.hash_similarity_min_bits=0", "loss.similarity=0", "loss.similarity_classes=false")
 QUICK_DATASET = ["data.dataset=synthetic", "data.synthetic.num_classes=6", "data.synthetic.train_per_class=8",
                  "data.synthetic.test_per_class=3", "data.val_fraction=0.25", "model.img_size=64",
                  "model.backbone.name=test_efficientnet", "model.backbone.pretrained=false", "model.graph.k=3",

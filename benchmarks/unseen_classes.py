@@ -34,10 +34,10 @@ from gdf_pyg.training.config import TrainConfig
 from gdf_pyg.training.run import train
 
 from .common import barh_plot, base_parser, command_line, markdown_table, write_results
-from .settings import BITS, DATASETS, LITE0, QUICK_DATASET, SHARED, dataset_overrides, preset_config, sample_sd
+from .settings import (BITS, CLASS_CODES, DATASETS, LITE0, QUICK_DATASET, SHARED, dataset_overrides, preset_config,
+                       sample_sd)
 
 # every configuration states its similarity settings: the preset's are those of one of them
-CLASS_CODES = ["model.hash_similarity_min_bits=0", "loss.similarity=0", "loss.similarity_classes=false"]
 PRESET = "cpu preset 0.9: 48-bit codes near the backbone's similarities (weight 3), one code per class"
 CONFIGS: Dict[str, List[str]] = {
     "hash layer on the features (cpu preset 0.5)": ["model.hash_input=features", *CLASS_CODES],
@@ -59,29 +59,38 @@ CONFIGS: Dict[str, List[str]] = {
 REFERENCE = "float cosine of the backbone's pooled features (no training)"
 
 
+def encode_held_out(folders: Path, image_config: Dict, fn) -> List[Tuple[Tensor, Tensor]]:
+    """``(fn(images), labels)`` of the held-out species' database and query photos (uint8 images
+    in the backbone's evaluation transform, in batches of 16)."""
+    import torch
+
+    from gdf_pyg.data import ImageRecordDataset, decode_size, eval_transform
+    from gdf_pyg.engine.encoding import encode_dataset
+    from gdf_pyg.retrieval.search import collect_images
+
+    sets, classes = [], []
+    for part in ("database", "query"):
+        records, classes = collect_images(folders / part, classes)
+        data = ImageRecordDataset(records, eval_transform(image_config),
+                                  decode_size=decode_size(image_config, training=False))
+        values = encode_dataset(fn, data, 16, torch.device("cpu")).values
+        sets.append((values, torch.tensor([r.label for r in records])))
+    return sets
+
+
 def cosine_reference(folders: Path, backbone: str, weights: Optional[Path], img_size: int) -> float:
     """mAP@all of the held-out species' queries ranked among their database photos by the cosine of
     the ImageNet backbone's pooled features (its classifier's input: 1,280 floats for Lite0)."""
     import torch
 
-    from gdf_pyg.data import ImageRecordDataset, decode_size, eval_transform
-    from gdf_pyg.engine.encoding import encode_dataset
     from gdf_pyg.nn.backbone import create_timm_model, image_config_of
     from gdf_pyg.retrieval.metrics import score_mean_average_precision
-    from gdf_pyg.retrieval.search import collect_images
 
     model = create_timm_model(backbone, pretrained=weights is not None, weights_file=weights, num_classes=0).eval()
     config = image_config_of(backbone, img_size)
     mean, std = torch.tensor(config["mean"]).view(1, 3, 1, 1), torch.tensor(config["std"]).view(1, 3, 1, 1)
-    embed = lambda x: model((x.float() / 255.0 - mean) / std)  # noqa: E731
-    sets = []
-    classes: List[str] = []
-    for part in ("database", "query"):
-        records, classes = collect_images(folders / part, classes)
-        data = ImageRecordDataset(records, eval_transform(config), decode_size=decode_size(config, training=False))
-        values = encode_dataset(embed, data, 16, torch.device("cpu")).values
-        sets.append((torch.nn.functional.normalize(values, dim=1), torch.tensor([r.label for r in records])))
-    (db, db_labels), (q, q_labels) = sets
+    embed = lambda x: torch.nn.functional.normalize(model((x.float() / 255.0 - mean) / std), dim=1)  # noqa: E731
+    (db, db_labels), (q, q_labels) = encode_held_out(folders, config, embed)
     return score_mean_average_precision(q @ db.T, q_labels, db_labels)
 
 
@@ -137,18 +146,8 @@ class HeldOutMaps:
         """(codes, labels) of the database and the queries under ``model``."""
         import torch
 
-        from gdf_pyg.data import ImageRecordDataset, decode_size, eval_transform
-        from gdf_pyg.engine.encoding import encode_dataset
-        from gdf_pyg.retrieval.search import collect_images
-
         if self.sets is None:
-            self.sets, classes = [], []
-            for part in ("database", "query"):
-                records, classes = collect_images(self.folders / part, classes)
-                data = ImageRecordDataset(records, eval_transform(model.image_config),
-                                          decode_size=decode_size(model.image_config, training=False))
-                maps = encode_dataset(model.forward_features, data, 32, torch.device("cpu")).values
-                self.sets.append((maps, torch.tensor([r.label for r in records])))
+            self.sets = encode_held_out(self.folders, model.image_config, model.forward_features)
         return [(torch.cat([model.encode_features(m) for m in maps.split(256)]), labels) for maps, labels in self.sets]
 
 
