@@ -26,6 +26,12 @@ DATASETS: Dict[str, List[str]] = {
 # The cpu preset with class codes at every length (no code keeps the backbone's similarities): its
 # head before version 0.9, as the finetuning recipes were measured.
 CLASS_CODES = ("model.hash_similarity_min_bits=0", "loss.similarity=0", "loss.similarity_classes=false")
+# GDF-Net's controls (overrides of either preset): what the graph adds beyond its capacity
+CONTROLS: Dict[str, List[str]] = {
+    "global pooling": ["model.head=global"],
+    "pooling + MLP (capacity control)": ["model.head=mlp"],
+    "no edges (control)": ["model.graph.method=none"],
+}
 QUICK_DATASET = ["data.dataset=synthetic", "data.synthetic.num_classes=6", "data.synthetic.train_per_class=8",
                  "data.synthetic.test_per_class=3", "data.val_fraction=0.25", "model.img_size=64",
                  "model.backbone.name=test_efficientnet", "model.backbone.pretrained=false", "model.graph.k=3",

@@ -38,12 +38,15 @@ from .settings import (BITS, CLASS_CODES, DATASETS, LITE0, QUICK_DATASET, SHARED
                        sample_sd)
 
 # every configuration states its similarity settings: the preset's are those of one of them
-PRESET = "cpu preset 0.9: 48-bit codes near the backbone's similarities (weight 3), one code per class"
+PRESET = "cpu preset 0.10: 48-bit codes near the backbone's similarities (weight 1), one code per class"
 CONFIGS: Dict[str, List[str]] = {
     "hash layer on the features (cpu preset 0.5)": ["model.hash_input=features", *CLASS_CODES],
     "hash layer on the class posterior (cpu preset 0.6)": ["model.hash_input=posterior", *CLASS_CODES],
-    PRESET: ["model.hash_input=posterior", "model.hash_similarity_min_bits=48", "loss.similarity=3.0",
+    PRESET: ["model.hash_input=posterior", "model.hash_similarity_min_bits=48", "loss.similarity=1.0",
              "loss.similarity_classes=true"],
+    "cpu preset 0.9: 48-bit codes near the backbone's similarities (weight 3), one code per class": [
+        "model.hash_input=posterior", "model.hash_similarity_min_bits=48", "loss.similarity=3.0",
+        "loss.similarity_classes=true"],
     "features, codes kept near the backbone's similarities": ["model.hash_input=features",
                                                               "model.hash_similarity_min_bits=0", "loss.similarity=1.0",
                                                               "loss.similarity_classes=false"],

@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import warnings
 
-from ._moved import install as _install_moved_modules
 from .utils.lazy import lazy_exports
 from .utils.version import __version__
 
@@ -27,5 +26,4 @@ _names, __getattr__, __dir__ = lazy_exports(__name__, {
 })
 __all__ = [*_names, "__version__"]
 
-_install_moved_modules()
 logging.getLogger(__name__).addHandler(logging.NullHandler())

@@ -3,6 +3,7 @@ modules, short functions."""
 from __future__ import annotations
 
 import ast
+import importlib
 import subprocess
 import sys
 from pathlib import Path
@@ -124,8 +125,7 @@ def test_checks_module_is_a_leaf():
     assert _imports("gdf_pyg.utils.checks", modules["gdf_pyg.utils.checks"], modules) == set()
 
 
-@pytest.mark.parametrize("module", ["gdf_pyg.metrics", "gdf_pyg.index", "gdf_pyg.retrieval.metrics",
-                                    "gdf_pyg.retrieval.index"])
+@pytest.mark.parametrize("module", ["gdf_pyg.retrieval.metrics", "gdf_pyg.retrieval.index"])
 def test_metrics_and_index_load_no_model_libraries(module):
     code = (f"import sys, {module}; "
             "print([m for m in ('timm', 'torchvision', 'torch_geometric') if m in sys.modules])")
@@ -133,14 +133,11 @@ def test_metrics_and_index_load_no_model_libraries(module):
     assert out.stdout.strip() == "[]"
 
 
-@pytest.mark.parametrize("old, new", [("gdf_pyg.graph", "gdf_pyg.nn.graph"), ("gdf_pyg.metrics", "gdf_pyg.retrieval.metrics"),
-                                      ("gdf_pyg.training.encoding", "gdf_pyg.engine.encoding")])
-def test_moved_modules_are_the_new_ones_with_a_warning(old, new):
-    code = (f"import warnings, importlib; warnings.simplefilter('error', FutureWarning)\n"
-            f"try:\n    importlib.import_module({old!r})\nexcept FutureWarning as w:\n    print(w)\n"
-            f"warnings.simplefilter('ignore')\nprint(importlib.import_module({old!r}) is importlib.import_module({new!r}))")
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
-    assert out.stdout.splitlines() == [f"{old} has moved to {new}; the old name stops working in gdf-pyg 0.9", "True"]
+@pytest.mark.parametrize("old", ["gdf_pyg.graph", "gdf_pyg.metrics", "gdf_pyg.training.encoding"])
+def test_moved_module_names_are_gone_as_announced(old):
+    # 0.1's flat names and 0.7's training modules warned until 0.9 that they would stop working
+    with pytest.raises(ModuleNotFoundError, match=old.replace(".", "\\.")):
+        importlib.import_module(old)
 
 
 def test_packages_export_their_names_on_first_use():

@@ -57,7 +57,7 @@ def test_quick_mode(script, tmp_path):
         reference, *rows = json.loads((tmp_path / f"{name}.json").read_text())
         assert reference["config"] == "float cosine of the backbone's pooled features (no training)"
         assert [r["config"].split(" (")[0] for r in rows] == ["hash layer on the class posterior",
-                                                              "cpu preset 0.9: 48-bit codes near the backbone's similarities"]
+                                                              "cpu preset 0.10: 48-bit codes near the backbone's similarities"]
         for r in rows:  # each cell is the mean of its seeds' results, as recorded, and its share of the reference
             for split in ("seen", "unseen"):
                 for b in (12, 16):
@@ -123,6 +123,33 @@ def test_finetuning_compares_recipes_with_the_frozen_model_and_keeps_finished_ru
     again = run_quick("finetuning", tmp_path, "--runs", str(runs), "--jobs", "2", *recipes)
     assert "done: " not in again
     assert json.loads((tmp_path / "finetuning_quick.json").read_text()) == list(rows.values())
+
+
+def test_the_unseen_classes_benchmark_s_preset_is_the_cpu_preset():
+    from benchmarks.unseen_classes import CONFIGS, PRESET
+    from gdf_pyg import __version__
+    from gdf_pyg.training.config import TrainConfig
+
+    assert PRESET.startswith(f"cpu preset {'.'.join(__version__.split('.')[:2])}: ")
+    data = ["data.dataset=synthetic"]
+    assert (TrainConfig.load(preset="cpu", overrides=[*data, *CONFIGS[PRESET]])
+            == TrainConfig.load(preset="cpu", overrides=data))
+
+
+def test_finetuned_controls_are_measured_against_the_finetune_preset():
+    from benchmarks.finetuning import FINETUNE, FROZEN, RECIPES, summarise
+    from benchmarks.settings import CONTROLS
+
+    control = "finetune preset, no edges (control)"
+    assert RECIPES[control].overrides == (*RECIPES[FINETUNE].overrides, *CONTROLS["no edges (control)"])
+    maps = {FROZEN: (0.60, 0.62), FINETUNE: (0.80, 0.84), control: (0.75, 0.77)}
+    records = [{"recipe": name, "seed": seed, "seconds": 1.0,
+                **{str(b): {"map": value, "val_map": value, "top1": value} for b in (12, 24, 32, 48)}}
+               for name, values in maps.items() for seed, value in enumerate(values)]
+    rows = {r["recipe"]: r for r in summarise(records, [0, 1])}
+    se = (0.04**2 / 4 + 0.02**2 / 4) ** 0.5  # two seeds: sd^2 / n = (difference of the two)^2 / 4
+    assert rows[control]["12 bits"] == f"0.7600 ± 0.0141 ({0.76 - 0.82:+.4f} ± {se:.4f}, beyond 2 se)"
+    assert rows[FINETUNE]["12 bits"].endswith(f"({0.82 - 0.61:+.4f} ± {se:.4f}, beyond 2 se)")  # to the frozen model
 
 
 def test_defaults_rounds_are_a_ledger_the_markdown_is_generated_from(tmp_path):

@@ -1,2 +1,2 @@
 """The package's version, where every floor may read it (``gdf_pyg.__version__`` re-exports it)."""
-__version__ = "0.9.0"
+__version__ = "0.10.0"
