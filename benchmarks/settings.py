@@ -23,9 +23,18 @@ DATASETS: Dict[str, List[str]] = {
     "cars98": ["data.dataset=folder", f"data.root={SHARED / 'data' / 'cars98'}", "data.query_fraction=0.25",
                "data.val_fraction=0.1"],
 }
+
+
+def similarity_settings(min_bits: int, weight: float, one_code_per_class: bool) -> Tuple[str, ...]:
+    """The overrides that say which codes keep the backbone's similarities (from ``min_bits`` bits
+    on; 0: none), the term's weight and whether same-class pairs are one code in its target."""
+    return (f"model.hash_similarity_min_bits={min_bits}", f"loss.similarity={weight}",
+            f"loss.similarity_classes={str(one_code_per_class).lower()}")
+
+
 # The cpu preset with class codes at every length (no code keeps the backbone's similarities): its
 # head before version 0.9, as the finetuning recipes were measured.
-CLASS_CODES = ("model.hash_similarity_min_bits=0", "loss.similarity=0", "loss.similarity_classes=false")
+CLASS_CODES = similarity_settings(0, 0, False)
 # GDF-Net's controls (overrides of either preset): what the graph adds beyond its capacity
 CONTROLS: Dict[str, List[str]] = {
     "global pooling": ["model.head=global"],

@@ -35,29 +35,23 @@ from gdf_pyg.training.run import train
 
 from .common import barh_plot, base_parser, command_line, markdown_table, write_results
 from .settings import (BITS, CLASS_CODES, DATASETS, LITE0, QUICK_DATASET, SHARED, dataset_overrides, preset_config,
-                       sample_sd)
+                       sample_sd, similarity_settings)
 
 # every configuration states its similarity settings: the preset's are those of one of them
 PRESET = "cpu preset 0.10: 48-bit codes near the backbone's similarities (weight 1), one code per class"
 CONFIGS: Dict[str, List[str]] = {
     "hash layer on the features (cpu preset 0.5)": ["model.hash_input=features", *CLASS_CODES],
     "hash layer on the class posterior (cpu preset 0.6)": ["model.hash_input=posterior", *CLASS_CODES],
-    PRESET: ["model.hash_input=posterior", "model.hash_similarity_min_bits=48", "loss.similarity=1.0",
-             "loss.similarity_classes=true"],
+    PRESET: ["model.hash_input=posterior", *similarity_settings(48, 1.0, True)],
     "cpu preset 0.9: 48-bit codes near the backbone's similarities (weight 3), one code per class": [
-        "model.hash_input=posterior", "model.hash_similarity_min_bits=48", "loss.similarity=3.0",
-        "loss.similarity_classes=true"],
+        "model.hash_input=posterior", *similarity_settings(48, 3.0, True)],
     "features, codes kept near the backbone's similarities": ["model.hash_input=features",
-                                                              "model.hash_similarity_min_bits=0", "loss.similarity=1.0",
-                                                              "loss.similarity_classes=false"],
-    "every code near the backbone's similarities": ["model.hash_input=posterior", "model.hash_similarity_min_bits=1",
-                                                    "loss.similarity=1.0", "loss.similarity_classes=false"],
+                                                              *similarity_settings(0, 1.0, False)],
+    "every code near the backbone's similarities": ["model.hash_input=posterior", *similarity_settings(1, 1.0, False)],
     "every code near the backbone's similarities (weight 3)": ["model.hash_input=posterior",
-                                                               "model.hash_similarity_min_bits=1",
-                                                               "loss.similarity=3.0", "loss.similarity_classes=false"],
-    "every code near the backbone's similarities, one code per class": [
-        "model.hash_input=posterior", "model.hash_similarity_min_bits=1", "loss.similarity=1.0",
-        "loss.similarity_classes=true"],
+                                                               *similarity_settings(1, 3.0, False)],
+    "every code near the backbone's similarities, one code per class": ["model.hash_input=posterior",
+                                                                         *similarity_settings(1, 1.0, True)],
 }
 REFERENCE = "float cosine of the backbone's pooled features (no training)"
 
