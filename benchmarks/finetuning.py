@@ -1,9 +1,13 @@
 """Benchmark 10: does training the backbone pay, against the frozen-backbone model?
 
-Per seed, the cpu preset with its backbone frozen (features cached) and recipes that train the
-whole network on augmented photos (random resized crops and flips):
+Per seed, the cpu preset with its backbone frozen (features cached, one cache per data set for
+every seed) and recipes that train the whole network on augmented photos (random resized crops
+and flips). Two frozen models are references: the cpu preset as it ships (its 48-bit codes keep
+the backbone's similarities), against which the finetune preset is measured, and the cpu preset
+with class codes at every length (the head the finetune preset and the exploratory recipes
+train), from which the "from frozen" recipes start. The recipes:
 
-- "from frozen": start each code length from the frozen run's model (``train.init_from``, a
+- "from frozen": start each code length from the class-code frozen run's model (``train.init_from``, a
   model per code length, 12 and 48 bits), learning rate 1e-4 for backbone and head;
 - "end to end": the cpu preset trained with its backbone from the ImageNet weights, every code
   length a head of one shared encoder, the head at the preset's learning rate and the backbone
@@ -13,9 +17,10 @@ whole network on augmented photos (random resized crops and flips):
 
 Each run picks its epoch on the validation split; reported are the validation mAP that chose
 it and the test mAP@all (ties averaged), mean +/- sd over seeds, with each recipe's gap on test
-to its reference (the frozen model; the finetune preset for a control) with its standard error and
-whether it exceeds 2 standard errors, and the wall time of a run. Choose a recipe by its
-validation columns, never by the test ones.
+to its reference (the frozen cpu preset for the finetune preset; the class-code frozen model for
+the other recipes; the finetune preset for a control) with its standard error and whether it
+exceeds 2 standard errors, and the wall time of a run. A recipe's reference is run with it.
+Choose a recipe by its validation columns, never by the test ones.
 
 Runs go to ``--jobs`` parallel processes (on a GPU they share the card; "from frozen" runs
 start when their seed's frozen run is done). Every finished run is appended to
@@ -44,20 +49,26 @@ from .settings import (BITS, CLASS_CODES, CONTROLS, DATASETS, LITE0, QUICK_DATAS
 
 
 FROZEN = "frozen backbone (cpu preset)"
+CLASS_FROZEN = "frozen backbone, class codes at every length"
 
 
 @dataclass(frozen=True)
 class Recipe:
     changes: Tuple[str, ...]  # to the cpu preset
-    from_frozen: bool = False  # starts from the same seed's frozen run (train.init_from)
+    from_frozen: bool = False  # starts from the same seed's class-code frozen run (train.init_from)
     bits: Tuple[int, ...] = BITS
-    reference: str = FROZEN  # the recipe its gap is measured against
+    reference: Optional[str] = CLASS_FROZEN  # the recipe its gap is measured against
+    # class codes at every length, as the recipes that train the backbone were measured (the cpu
+    # preset's 48-bit codes that keep the backbone's similarities learn from a frozen backbone)
+    class_codes: bool = True
 
     @property
     def overrides(self) -> Tuple[str, ...]:
-        # class codes at every length, as the results were measured (the cpu preset's 48-bit
-        # codes that keep the backbone's similarities: benchmarks.unseen_classes)
-        return (*CLASS_CODES, *self.changes)
+        return (*(CLASS_CODES if self.class_codes else ()), *self.changes)
+
+    @property
+    def frozen(self) -> bool:
+        return "train.frozen_backbone=false" not in self.changes
 
 
 FINETUNE = "end to end, 3 stages frozen, 20 epochs, backbone lr 3e-4 (finetune preset)"
@@ -65,7 +76,8 @@ _FROM_FROZEN = ("train.frozen_backbone=false", "train.shared_encoder=false", "op
                 "optim.backbone_lr=1e-4", "optim.batch_size=32", "optim.warmup_epochs=0", "train.eval_every=1")
 _END_TO_END = ("train.frozen_backbone=false", "optim.epochs=20", "train.eval_every=2")
 RECIPES: Dict[str, Recipe] = {
-    FROZEN: Recipe(()),
+    FROZEN: Recipe((), reference=None, class_codes=False),
+    CLASS_FROZEN: Recipe((), reference=FROZEN),
     "from frozen, 2 epochs (0.4.0's recipe)": Recipe((*_FROM_FROZEN, "optim.epochs=2"), True, (12, 48)),
     "from frozen, 10 epochs, EMA 0.998": Recipe((*_FROM_FROZEN, "optim.epochs=10", "optim.ema_decay=0.998"),
                                                 True, (12, 48)),
@@ -80,7 +92,7 @@ RECIPES: Dict[str, Recipe] = {
     # The finetune preset (tests/test_benchmarks.py holds them equal): 3e-4 led 1e-3 on cars98's
     # validation split at every code length, and the 15-epoch runs were still gaining at the end.
     FINETUNE: Recipe(("train.frozen_stages=3", "train.frozen_backbone=false", "optim.epochs=20",
-                      "optim.backbone_lr=3e-4", "train.eval_every=4")),
+                      "optim.backbone_lr=3e-4", "train.eval_every=4"), reference=FROZEN),
 }
 # The ablation's controls fine-tuned (benchmarks.ablation runs them frozen), measured against the finetune preset.
 RECIPES.update({f"finetune preset, {name}": Recipe((*RECIPES[FINETUNE].changes, *control), reference=FINETUNE)
@@ -152,11 +164,27 @@ def summarise(records: List[Dict[str, Any]], seeds: Sequence[int]) -> List[Dict[
     return rows
 
 
+def with_references(names: Sequence[str]) -> List[str]:
+    """``names`` and the recipes they need: each one's reference (and its reference's), and the
+    class-code frozen model that "from frozen" recipes start from; the frozen models first."""
+    needed: List[str] = []
+    todo = list(names)
+    while todo:
+        name = todo.pop(0)
+        if name in needed:
+            continue
+        needed.append(name)
+        recipe = RECIPES[name]
+        todo += [n for n in (recipe.reference, CLASS_FROZEN if recipe.from_frozen else None) if n is not None]
+    return sorted(needed, key=lambda n: (not RECIPES[n].frozen, list(RECIPES).index(n)))
+
+
 def run_all(dataset: str, names: List[str], seeds: List[int], done: set, overrides, folder, args, runs_file: Path,
             threads: int) -> List[Dict[str, Any]]:
-    """Runs every recipe of ``names`` for every seed (but the pairs in ``done``) in ``args.jobs``
-    processes: the frozen runs first, each "from frozen" run once its seed's frozen model exists.
-    Each finished run is appended to ``runs_file`` and printed; returns this call's records."""
+    """Runs every recipe of ``names`` (:func:`with_references`) for every seed (but the pairs in
+    ``done``) in ``args.jobs`` processes: the frozen runs first, each "from frozen" run once its
+    seed's class-code frozen model exists. Each finished run is appended to ``runs_file`` and
+    printed; returns this call's records."""
     # CUDA needs fresh interpreters in the workers.
     pool = ProcessPoolExecutor(max_workers=args.jobs, mp_context=multiprocessing.get_context("spawn"))
     pending: Dict[Future, Tuple[str, int]] = {}
@@ -171,14 +199,13 @@ def run_all(dataset: str, names: List[str], seeds: List[int], done: set, overrid
             if RECIPES[name].from_frozen:
                 submit(name, seed)
 
-    for seed in seeds:
-        submit(FROZEN, seed)
-        if (FROZEN, seed) in done:
-            after_frozen(seed)
     for name in names:
-        if name != FROZEN and not RECIPES[name].from_frozen:
+        if not RECIPES[name].from_frozen:
             for seed in seeds:
                 submit(name, seed)
+    for seed in seeds:
+        if (CLASS_FROZEN, seed) in done:
+            after_frozen(seed)
     records: List[Dict[str, Any]] = []
     while pending:
         finished, _ = wait(list(pending), return_when=FIRST_COMPLETED)
@@ -191,8 +218,8 @@ def run_all(dataset: str, names: List[str], seeds: List[int], done: set, overrid
             print(f"done: {name}, seed {seed}: " + (record["error"].strip().splitlines()[-1] if "error" in record else
                   ", ".join(f"{b} bits {record[str(b)]['map']:.4f} (val {record[str(b)]['val_map']:.4f})"
                             for b in RECIPES[name].bits) + f", {record['seconds']:.0f} s"), flush=True)
-            if name == FROZEN and "error" not in record:
-                done.add((FROZEN, seed))
+            if name == CLASS_FROZEN and "error" not in record:
+                done.add((CLASS_FROZEN, seed))
                 after_frozen(seed)
     pool.shutdown()
     return records
@@ -202,9 +229,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p = base_parser(__doc__.splitlines()[0], "finetuning")
     p.add_argument("--dataset", default="flowers102", choices=list(DATASETS))
     p.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES), metavar="RECIPE",
-                   help=f"recipes to run besides the frozen model (default: all): {list(RECIPES)}")
+                   help=f"recipes to run, with the references they are measured against (default: all): {list(RECIPES)}")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--jobs", type=int, default=1, help="runs at a time (processes)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch threads per run (0: the cores shared among the runs and their data-loading workers)")
     p.add_argument("--workers", type=int, default=0, help="data-loading processes per run (data.num_workers)")
     p.add_argument("--amp", action="store_true", help="bf16 autocast where the backbone trains (train.amp)")
     p.add_argument("--data-root", type=Path, default=SHARED / "data", help="folder holding flowers102/ and birds525/")
@@ -224,22 +253,24 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise SystemExit(f"the photographs and weights are needed; missing: {root if not root.is_dir() else args.weights}")
         base = [*dataset_overrides(args.dataset, root), f"model.backbone.weights_file={args.weights}"]
     base += [f"train.device={args.device}", f"data.num_workers={args.workers}"]
-    names = [FROZEN, *(n for n in args.recipes if n != FROZEN)]
+    names = with_references(args.recipes)
     stem = "finetuning_quick" if args.quick else f"finetuning_{dataset}"
     runs_file = args.results / f"{stem}_runs.jsonl"
     args.results.mkdir(parents=True, exist_ok=True)
-    threads = max(1, (os.cpu_count() or 1) // (args.jobs * (1 + args.workers)))
+    threads = args.threads or max(1, (os.cpu_count() or 1) // (args.jobs * (1 + args.workers)))
 
     def overrides(name: str, seed: int) -> List[str]:
         recipe = RECIPES[name]
-        extra = ["train.amp=true"] if args.amp and name != FROZEN else []
+        extra = ["train.amp=true"] if args.amp and not recipe.frozen else []
+        if recipe.frozen:  # every seed's frozen runs encode the photos once
+            extra.append(f"train.cache_dir={args.runs / dataset / 'cache'}")
         start = [f"train.init_from={args.runs / dataset / f's{seed}' / 'frozen'}"] if recipe.from_frozen else []
         quick = ["optim.epochs=2", "optim.warmup_epochs=0"] if args.quick else []
         return [*base, *recipe.overrides, *start, *extra, *quick, f"train.seed={seed}",
                 f"train.bits=[{','.join(map(str, recipe.bits))}]"]
 
     def folder(name: str, seed: int) -> Path:
-        return args.runs / dataset / f"s{seed}" / ("frozen" if name == FROZEN else slug(name))
+        return args.runs / dataset / f"s{seed}" / ("frozen" if name == CLASS_FROZEN else slug(name))
 
     # Runs in the runs file (of an earlier call) are not run again; the table counts them.
     done = {(r["recipe"], r["seed"]) for r in read_runs(runs_file) if "error" not in r}
@@ -253,8 +284,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                "train images/s", "data wait"]
     body = (f"{dataset}; device {args.device}{', bf16 autocast where the backbone trains' if args.amp else ''}; "
             f"{args.jobs} runs at a time (the wall times of parallel runs overlap). val K: validation mAP of the epoch "
-            "each run chose; K bits: test mAP@all (ties averaged); mean ± sd over seeds; (gap to the frozen model, or "
-            "for a control to the finetune preset), "
+            "each run chose; K bits: test mAP@all (ties averaged); mean ± sd over seeds; (gap to the recipe's "
+            "reference: the frozen cpu preset for the finetune preset and the class-code frozen model, the class-code "
+            "frozen model for the other recipes, the finetune preset for a control), "
             "with its standard error and whether it exceeds 2 standard errors (where both sides have 2 seeds or more); top-1 K: test accuracy of the class "
             "prediction of the K-bit model (with posterior codes it should nearly agree with their mAP); train images/s and data wait (the fraction of a training epoch spent waiting for "
             "the next batch) of the first code length's training.\n\n" + markdown_table(rows, columns))

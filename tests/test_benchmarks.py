@@ -105,20 +105,31 @@ def test_pipeline_reports_every_stage_against_its_floor(tmp_path):
 
 
 def test_finetuning_compares_recipes_with_the_frozen_model_and_keeps_finished_runs(tmp_path):
+    import yaml
+
+    from benchmarks.finetuning import CLASS_FROZEN, FROZEN
+
     recipes = ["--recipes", "from frozen, 2 epochs (0.4.0's recipe)", "end to end, 8 epochs, backbone lr 1e-4"]
     runs = tmp_path / "runs"
     out = run_quick("finetuning", tmp_path, "--runs", str(runs), "--jobs", "2", *recipes)
-    assert out.count("done: ") == 6  # 3 recipes x 2 seeds
+    assert out.count("done: ") == 8  # 2 recipes and their 2 frozen references x 2 seeds
     rows = {r["recipe"]: r for r in json.loads((tmp_path / "finetuning_quick.json").read_text())}
-    assert set(rows) == {"frozen backbone (cpu preset)", *recipes[1:]} and all(r["seeds"] == 2 for r in rows.values())
+    assert set(rows) == {FROZEN, CLASS_FROZEN, *recipes[1:]} and all(r["seeds"] == 2 for r in rows.values())
     from_frozen = rows["from frozen, 2 epochs (0.4.0's recipe)"]
     assert "24 bits" not in from_frozen and "(" in from_frozen["12 bits"]  # its code lengths, with the gap
-    for seed in (0, 1):  # the "from frozen" runs started from their seed's frozen model
+    assert "(" in rows[CLASS_FROZEN]["48 bits"] and "(" not in rows[FROZEN]["48 bits"]  # against the preset
+    for seed in (0, 1):  # the "from frozen" runs started from their seed's class-code frozen model
         config = next((runs / "synthetic" / f"s{seed}").glob("from-frozen-2-epochs*/config.yaml")).read_text()
         assert f"s{seed}/frozen" in config
+        preset = yaml.safe_load((runs / "synthetic" / f"s{seed}" / "frozen-backbone-cpu-preset" / "config.yaml").read_text())
+        classes = yaml.safe_load((runs / "synthetic" / f"s{seed}" / "frozen" / "config.yaml").read_text())
+        assert (preset["model"]["hash_similarity_min_bits"], classes["model"]["hash_similarity_min_bits"]) == (48, 0)
+    # The 4 frozen runs share a cache: a file per seed (the quick set's backbone is initialised
+    # from the seed; from a weights file every seed reads one), both heads of a seed reading it.
+    assert len(list((runs / "synthetic" / "cache").glob("features-*.pt"))) == 2
     recorded = [json.loads((runs / "synthetic" / f"s{s}" / "frozen" / "bits12" / "result.json").read_text())["val_map"]
                 for s in (0, 1)]
-    assert rows["frozen backbone (cpu preset)"]["_val 12"] == pytest.approx(recorded)
+    assert rows[CLASS_FROZEN]["_val 12"] == pytest.approx(recorded)
     # A second call runs nothing already in the runs file and writes the same table.
     again = run_quick("finetuning", tmp_path, "--runs", str(runs), "--jobs", "2", *recipes)
     assert "done: " not in again
