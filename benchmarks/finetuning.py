@@ -264,7 +264,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         extra = ["train.amp=true"] if args.amp and not recipe.frozen else []
         if recipe.frozen:  # every seed's frozen runs encode the photos once
             extra.append(f"train.cache_dir={args.runs / dataset / 'cache'}")
-        start = [f"train.init_from={args.runs / dataset / f's{seed}' / 'frozen'}"] if recipe.from_frozen else []
+        start = [f"train.init_from={folder(CLASS_FROZEN, seed)}"] if recipe.from_frozen else []
         quick = ["optim.epochs=2", "optim.warmup_epochs=0"] if args.quick else []
         return [*base, *recipe.overrides, *start, *extra, *quick, f"train.seed={seed}",
                 f"train.bits=[{','.join(map(str, recipe.bits))}]"]
