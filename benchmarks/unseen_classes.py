@@ -43,6 +43,8 @@ CONFIGS: Dict[str, List[str]] = {
     "hash layer on the features (cpu preset 0.5)": ["model.hash_input=features", *CLASS_CODES],
     "hash layer on the class posterior (cpu preset 0.6)": ["model.hash_input=posterior", *CLASS_CODES],
     PRESET: ["model.hash_input=posterior", *similarity_settings(48, 1.0, True)],
+    "cpu preset 0.10, the 48-bit head detached from the shared encoder": [
+        "model.hash_input=posterior", *similarity_settings(48, 1.0, True), "model.hash_similarity_detached=true"],
     "cpu preset 0.9: 48-bit codes near the backbone's similarities (weight 3), one code per class": [
         "model.hash_input=posterior", *similarity_settings(48, 3.0, True)],
     "features, codes kept near the backbone's similarities": ["model.hash_input=features",

@@ -38,7 +38,11 @@ class GDFNetConfig:
     :class:`~gdf_pyg.nn.hash.HashHead`. With ``hash_similarity_min_bits`` :math:`m > 0` every bit of a
     code of at least :math:`m` bits also keeps the backbone's similarities (``similarity_bits``,
     trained by ``loss.similarity``), for classes never trained on; shorter codes, which have no
-    bits to spare, stay class codes. 0: no code does.
+    bits to spare, stay class codes. 0: no code does. With ``hash_similarity_detached`` the heads of
+    a :class:`SharedEncoderGDFNet` whose codes keep the backbone's similarities read the encoder's
+    features detached: their losses train those heads alone, and the shared encoder (backbone
+    included) learns from the class-code heads only. A single :class:`GDFNet`'s forward is the same
+    either way.
     """
 
     head: str = "gdf"
@@ -51,6 +55,7 @@ class GDFNetConfig:
     hash_input: str = "features"
     hash_posterior_scale: float = 3.0
     hash_similarity_min_bits: int = 0
+    hash_similarity_detached: bool = False
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     nodes: NodesConfig = field(default_factory=NodesConfig)
     graph: GraphConfig = field(default_factory=GraphConfig)
@@ -69,6 +74,9 @@ class GDFNetConfig:
                 f"must be > 0, got {self.hash_posterior_scale}")
         require(self.hash_similarity_min_bits >= 0, f"{prefix}.hash_similarity_min_bits",
                 f"must be >= 0 bits (0: no code keeps the backbone's similarities), got {self.hash_similarity_min_bits}")
+        require(not self.hash_similarity_detached or self.hash_similarity_min_bits > 0,
+                f"{prefix}.hash_similarity_detached", f"detaches the heads that keep the backbone's similarities; "
+                f"it needs {prefix}.hash_similarity_min_bits > 0 (no code keeps them with 0)")
         self.backbone.validate(f"{prefix}.backbone")
         self.nodes.validate(f"{prefix}.nodes")
         self.graph.validate(f"{prefix}.graph")
@@ -373,7 +381,9 @@ class SharedEncoderGDFNet(GDFNet):
 
     def forward_head(self, fmap: Tensor) -> GDFOutput:
         features = self.encoder(fmap)
-        outputs = [head(features) for head in self.heads.values()]
+        # hash_similarity_detached: the similarity heads' gradients stop here, off the shared encoder
+        kept = features.detach() if self.config.hash_similarity_detached else features
+        outputs = [head(kept if head.similarity_bits else features) for head in self.heads.values()]
         class_logits = [o.class_logits for o in outputs if o.class_logits is not None]
         return GDFOutput(torch.cat([o.codes for o in outputs], 1), torch.cat([o.logits for o in outputs], 1), features,
                          torch.cat(class_logits, 1) if class_logits else None, fmap.mean(dim=(2, 3)))

@@ -164,6 +164,12 @@ class TrainConfig:
         require(not self.model.hash_similarity_min_bits or self.loss.similarity > 0, "loss.similarity",
                 f"must be > 0 with model.hash_similarity_min_bits={self.model.hash_similarity_min_bits}: it is what "
                 "keeps the backbone's similarities")
+        if self.model.hash_similarity_detached:
+            class_bits = [b for b in self.train.bits if b < self.model.hash_similarity_min_bits]
+            require(self.train.shared_encoder and bool(class_bits), "model.hash_similarity_detached",
+                    "leaves the encoder to the heads of class codes: it needs train.shared_encoder=true and a code "
+                    f"length below model.hash_similarity_min_bits={self.model.hash_similarity_min_bits} "
+                    f"(train.bits={self.train.bits}, train.shared_encoder={str(self.train.shared_encoder).lower()})")
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "TrainConfig":

@@ -175,6 +175,47 @@ def test_codes_from_the_similarity_min_bits_keep_the_backbones_similarities(tmp_
     assert all(p.grad is None or not p.grad.any() for p in model.heads["12"].parameters())
 
 
+@pytest.mark.parametrize("detached", [False, True])
+def test_detached_similarity_heads_leave_the_encoder_to_the_class_code_heads(tmp_path, folder_root, detached):
+    trainer = _trainer(folder_root, tmp_path, "model.hash_input=posterior", "model.hash_similarity_min_bits=16",
+                       "loss.similarity=1.0", f"model.hash_similarity_detached={str(detached).lower()}")
+    model = trainer.model.train()
+    torch.manual_seed(0)
+    images, labels = torch.randn(4, 3, 64, 64), torch.tensor([0, 1, 2, 0])
+    terms = trainer.losses(model(images), labels)
+    encoder = [p for p in model.encoder.parameters() if p.requires_grad]
+
+    def grads(loss):
+        model.zero_grad()
+        loss.backward(retain_graph=True)
+        return [p.grad for p in encoder], [p.grad for p in model.heads["16"].parameters()]
+
+    from_similarity_head, own = grads(terms["loss@16"])
+    # the 16-bit head (similarity bits) trains itself either way; the encoder only when attached
+    assert any(g is not None and g.any() for g in own)
+    assert any(g is not None and g.any() for g in from_similarity_head) != detached
+    from_class_head, _ = grads(terms["loss@12"])
+    assert any(g is not None and g.any() for g in from_class_head)
+    # the forward is the same: detaching changes the gradients alone
+    model.eval()
+    codes = model(images).codes
+    model.config.hash_similarity_detached = not detached
+    torch.testing.assert_close(model(images).codes, codes)
+
+
+def test_detached_similarity_heads_need_a_class_code_head_on_a_shared_encoder(folder_root):
+    base = [f"data.root={folder_root}", *TINY_RUN, "train.bits=[12,16]", "loss.similarity=1",
+            "model.hash_similarity_detached=true"]
+    with pytest.raises(ConfigError, match="model.hash_similarity_detached: .* needs model.hash_similarity_min_bits > 0"):
+        TrainConfig.load(overrides=base)
+    with pytest.raises(ConfigError, match=r"model.hash_similarity_detached: .*train.shared_encoder=false"):
+        TrainConfig.load(overrides=[*base, "model.hash_similarity_min_bits=16", "train.shared_encoder=false"])
+    with pytest.raises(ConfigError, match=r"model.hash_similarity_detached: .*train.bits=\[12, 16\]"):
+        TrainConfig.load(overrides=[*base, "model.hash_similarity_min_bits=12", "train.shared_encoder=true"])
+    cfg = TrainConfig.load(overrides=[*base, "model.hash_similarity_min_bits=16", "train.shared_encoder=true"])
+    assert cfg.model.hash_similarity_detached
+
+
 def test_the_similarity_min_bits_need_the_similarity_term(folder_root):
     with pytest.raises(ConfigError, match="loss.similarity: must be > 0 with model.hash_similarity_min_bits=16"):
         TrainConfig.load(overrides=[f"data.root={folder_root}", *TINY_RUN, "model.hash_similarity_min_bits=16"])
