@@ -11,7 +11,7 @@ from PIL import Image
 from gdf_pyg.cli import build_parser, main
 from gdf_pyg.retrieval.search import query_index
 
-from .conftest import TINY_BACKBONE, TINY_RUN, write_image
+from .conftest import TINY_RUN, write_image
 
 TINY = [*TINY_RUN, "optim.epochs=2"]
 
