@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 from ..data.config import DataConfig
-from ..models.gdfnet import GDFNetConfig
+from ..models.gdfnet import GDFNetConfig, similarity_bits_of
 from ..nn.losses import LossWeights
 from ..presets import load_preset_dict
 from ..utils.checks import ConfigError, choice, require
@@ -165,7 +165,7 @@ class TrainConfig:
                 f"must be > 0 with model.hash_similarity_min_bits={self.model.hash_similarity_min_bits}: it is what "
                 "keeps the backbone's similarities")
         if self.model.hash_similarity_detached:
-            class_bits = [b for b in self.train.bits if b < self.model.hash_similarity_min_bits]
+            class_bits = [b for b in self.train.bits if not similarity_bits_of(self.model, b)]
             require(self.train.shared_encoder and bool(class_bits), "model.hash_similarity_detached",
                     "leaves the encoder to the heads of class codes: it needs train.shared_encoder=true and a code "
                     f"length below model.hash_similarity_min_bits={self.model.hash_similarity_min_bits} "
